@@ -1,0 +1,1 @@
+"""Compiled verification of credentials, dynamic QR codes and card taps."""

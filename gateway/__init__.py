@@ -1,0 +1,1 @@
+"""Online gateway: HTTP server, devices, fare rules and the tap journal."""

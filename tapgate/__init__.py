@@ -1,0 +1,1 @@
+"""Command line and end-to-end composition of the gateway and settlement."""

@@ -1,0 +1,5 @@
+import sys
+
+from tapgate.cli import main
+
+sys.exit(main())

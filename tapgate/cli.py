@@ -1,0 +1,94 @@
+"""The ``tapgate`` command.
+
+Each module in :mod:`tapgate.commands` adds its subcommands through a
+``register(subparsers, common)`` function, where ``common`` is the parent
+parser holding the options every subcommand shares. A subcommand's handler
+receives the parsed arguments and the loaded :class:`~gateway.config.Config`,
+and returns the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+from typing import Callable, Sequence
+
+import msgspec
+
+from gateway import logs
+from gateway.config import Config, load_config
+from gateway.errors import GatewayError
+
+Handler = Callable[[argparse.Namespace, Config], int]
+
+DESCRIPTION = """\
+沂源县社会保障卡与民生服务码交易网关
+Transaction gateway for the Yiyuan social security card and service code:
+bus validators, scenic-spot and venue gates, fare rules, journal and settlement."""
+
+
+def common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("common options / 通用选项")
+    group.add_argument("--config", metavar="FILE",
+                       help="TOML configuration file; TAPGATE_<SECTION>_<KEY> variables override it "
+                            "/ TOML 配置文件，可被 TAPGATE_<节>_<键> 环境变量覆盖")
+    group.add_argument("--dsn", metavar="DSN",
+                       help="PostgreSQL DSN (also TAPGATE_DATABASE_DSN); without one the embedded server is started "
+                            "/ PostgreSQL 连接串；不指定时启动内嵌服务器")
+    group.add_argument("--data-dir", metavar="DIR",
+                       help="data directory of the embedded PostgreSQL (default ~/.local/state/tapgate/pgdata) "
+                            "/ 内嵌 PostgreSQL 的数据目录")
+    group.add_argument("--log-level", metavar="LEVEL", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                       help="DEBUG, INFO, WARNING or ERROR (default INFO, or TAPGATE_LOG_LEVEL) / 日志级别")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_parser()
+    parser = argparse.ArgumentParser(prog="tapgate", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands / 子命令")
+    import tapgate.commands as commands
+
+    for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"tapgate.commands.{module_info.name}")
+        module.register(subparsers, common)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> Config:
+    """Load the configuration file and apply the command-line overrides of the common options."""
+    config = load_config(args.config)
+    database = config.database
+    if args.dsn:
+        database = msgspec.structs.replace(database, dsn=args.dsn)
+    if args.data_dir:
+        database = msgspec.structs.replace(database, data_dir=args.data_dir)
+    return msgspec.structs.replace(config, database=database)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    logs.configure(args.log_level)
+    try:
+        config = resolve_config(args)
+        return int(args.handler(args, config) or 0)
+    except GatewayError as exc:
+        print(f"错误 / error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("已中断 / interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of ``tapgate``: one module each, discovered by :func:`tapgate.cli.build_parser`."""

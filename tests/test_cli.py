@@ -1,0 +1,88 @@
+"""The ``tapgate`` command, run as a user runs it: in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import asyncpg
+import pytest
+
+from gateway.pgembed import EmbeddedPostgres
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_")}
+    environ.update(env or {})
+    return subprocess.run([sys.executable, "-m", "tapgate", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ)
+
+
+def test_help_lists_subcommands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in ("migrate", "db", "demo"):
+        assert command in result.stdout
+
+
+def test_migrate_help_names_units() -> None:
+    result = run_cli("migrate", "--help")
+    assert result.returncode == 0
+    assert "--dsn" in result.stdout
+    assert "--data-dir" in result.stdout
+
+
+async def test_migrate_external_server_by_dsn(embedded_server: EmbeddedPostgres, tmp_path: pathlib.Path) -> None:
+    # The server is started by the test, so for the command it is an external one.
+    conn = await asyncpg.connect(embedded_server.dsn.rsplit("/", 1)[0] + "/postgres")
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS cli_external WITH (FORCE)")
+        await conn.execute("CREATE DATABASE cli_external")
+    finally:
+        await conn.close()
+    dsn = embedded_server.dsn.rsplit("/", 1)[0] + "/cli_external"
+    unused_dir = tmp_path / "must-not-exist"
+
+    first = run_cli("migrate", "--dsn", dsn, "--data-dir", str(unused_dir))
+    assert first.returncode == 0, first.stderr
+    assert "gateway/0001_core.sql" in first.stdout
+    assert not unused_dir.exists(), "an embedded server was started although a DSN was given"
+
+    second = run_cli("migrate", env={"TAPGATE_DATABASE_DSN": dsn})
+    assert second.returncode == 0, second.stderr
+    assert "nothing to apply" in second.stdout
+
+    check = run_cli("migrate", "--check", "--dsn", dsn)
+    assert check.returncode == 0, check.stderr
+
+
+def test_migrate_embedded_data_dir(tmp_path: pathlib.Path) -> None:
+    data_dir = tmp_path / "pgdata"
+    result = run_cli("migrate", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    assert "gateway/0001_core.sql" in result.stdout
+    assert (data_dir / "PG_VERSION").exists()
+    # The command stops the server it started.
+    assert not (data_dir / "postmaster.pid").exists()
+
+
+def test_unreachable_dsn_is_clear_error() -> None:
+    result = run_cli("migrate", "--dsn", "postgresql://postgres:secret@127.0.0.1:1/none", timeout=60)
+    assert result.returncode == 1
+    assert "cannot connect to PostgreSQL at postgresql://postgres:***@127.0.0.1:1/none" in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_invalid_config_value_exit_status(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nworkers = -1\n")
+    result = run_cli("migrate", "--config", str(bad))
+    assert result.returncode == 1
+    assert "$.server.workers = -1" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["no-such-command"], ["migrate", "--log-level", "LOUD"]])
+def test_usage_errors_exit_2(argv: list[str]) -> None:
+    assert run_cli(*argv).returncode == 2
