@@ -26,7 +26,7 @@ class DatabaseConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     data_dir: str = ""
     pool_min: int = 2
     pool_max: int = 8
-    # Seconds to wait for a connection from the pool or for PostgreSQL to answer.
+    # Seconds to wait for a pool connection or a PostgreSQL connect to complete.
     connect_timeout_s: float = 5.0
 
 
@@ -41,7 +41,7 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     body_max_bytes: int = 1_048_576
     # Taps accepted in one offline batch upload.
     batch_taps_max: int = 1000
-    # Seconds a client may take to send one request before it is answered 408.
+    # Seconds a client may take to send one request before the server returns 408.
     request_timeout_s: float = 10.0
     # Seconds SIGTERM waits for taps in flight before the worker exits.
     shutdown_timeout_s: float = 10.0
