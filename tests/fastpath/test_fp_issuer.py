@@ -168,7 +168,7 @@ class TestBase45:
         assert wire.base45_encode(raw) == text
         assert wire.base45_decode(text) == raw
 
-    @pytest.mark.parametrize("text", [b"GGW", b"A", b"ABCD", b"aa", b"::"]))
+    @pytest.mark.parametrize("text", [b"GGW", b"A", b"ABCD", b"aa", b"::"])
     def test_invalid_rejected(self, text: bytes) -> None:
         with pytest.raises(ValueError):
             wire.base45_decode(text)
