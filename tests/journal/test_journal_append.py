@@ -1,0 +1,168 @@
+"""Journal.append: group commit, exactly once, QR replay and rider states."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import asyncpg
+
+from gateway.journal import Journal
+from gateway.reasons import Reason
+from tests.journal.conftest import make_entry
+
+
+async def test_append_returns_new_outcome(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry(fare_fen=100, full_fare_fen=200, discount_kinds=("category",))
+    outcome = await journal.append(entry)
+    assert outcome.status == "new"
+    assert outcome.decision == 1
+    assert outcome.fare_fen == 100
+    assert outcome.discount_kinds == ("category",)
+    row = await pool.fetchrow("SELECT * FROM taps WHERE tap_id = $1", outcome.journal_id)
+    assert row["device_tap_id"] == entry.device_tap_id
+    assert row["batch_id"] == outcome.batch_id
+    assert row["business_day"] == outcome.business_day
+    assert list(row["discount_kinds"]) == ["category"]
+
+
+async def test_concurrent_appends_share_few_batches(pool: asyncpg.Pool):
+    async with Journal(pool, worker="group", flush_interval_ms=20.0, batch_max=512) as journal:
+        outcomes = await asyncio.gather(*(journal.append(make_entry()) for _ in range(1000)))
+    assert all(outcome.status == "new" for outcome in outcomes)
+    batches = await pool.fetchval("SELECT count(*) FROM journal_batches")
+    taps = await pool.fetchval("SELECT count(*) FROM taps")
+    assert taps == 1000
+    # 1000 entries at batch_max 512 need at least 2 commits; one commit per tap would be 1000.
+    assert 2 <= batches <= 4
+    assert journal.batches_committed == batches
+
+
+async def test_batch_max_flushes_before_interval(pool: asyncpg.Pool):
+    # A flush interval of 10 s would time the test out unless a full batch flushes at once.
+    async with Journal(pool, worker="full", flush_interval_ms=10_000.0, batch_max=8) as journal:
+        outcomes = await asyncio.wait_for(asyncio.gather(*(journal.append(make_entry()) for _ in range(8))), 5)
+    assert len({outcome.batch_id for outcome in outcomes}) == 1
+
+
+async def test_retry_returns_original_outcome(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry(fare_fen=150)
+    first = await journal.append(entry)
+    # The pipeline may price a retry differently; the journal returns what it stored first.
+    again = await journal.append(make_entry(device_tap_id=entry.device_tap_id, request_digest=entry.request_digest,
+                                            fare_fen=999, decision=0, reason=60))
+    assert first.status == "new"
+    assert again.status == "retry"
+    assert again.journal_id == first.journal_id
+    assert again.fare_fen == 150
+    assert again.decision == 1
+    assert await pool.fetchval("SELECT count(*) FROM taps") == 1
+
+
+async def test_same_tap_id_other_digest_conflicts(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry()
+    first = await journal.append(entry)
+    clash = await journal.append(make_entry(device_tap_id=entry.device_tap_id, request_digest=os.urandom(32)))
+    assert clash.status == "conflict"
+    assert clash.journal_id == first.journal_id
+    assert await pool.fetchval("SELECT count(*) FROM taps") == 1
+
+
+async def test_same_tap_id_on_other_device_is_new(journal: Journal):
+    entry = make_entry()
+    await journal.append(entry)
+    other = await journal.append(make_entry(device_id="bus-0002", device_tap_id=entry.device_tap_id))
+    assert other.status == "new"
+
+
+async def test_duplicates_within_one_batch(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry()
+    clash = make_entry(device_tap_id=entry.device_tap_id, request_digest=os.urandom(32))
+    first, retry, conflict = await asyncio.gather(journal.append(entry), journal.append(entry), journal.append(clash))
+    assert first.batch_id == retry.batch_id == conflict.batch_id
+    assert (first.status, retry.status, conflict.status) == ("new", "retry", "conflict")
+    assert retry.journal_id == first.journal_id
+    assert await pool.fetchval("SELECT count(*) FROM taps") == 1
+
+
+async def test_tap_id_unique_across_business_days(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry()
+    await journal.append(entry)
+    # Same device tap id, a tap time three days later: another partition, still a conflict.
+    later = make_entry(device_tap_id=entry.device_tap_id, tap_time_ms=entry.tap_time_ms + 3 * 86_400_000)
+    outcome = await journal.append(later)
+    assert outcome.status == "conflict"
+    assert await pool.fetchval("SELECT count(*) FROM taps") == 1
+
+
+async def test_qr_replay_rejected_across_workers(pool: asyncpg.Pool):
+    key = os.urandom(32)
+    holder = os.urandom(16)
+    async with Journal(pool, worker="w1") as first_worker, Journal(pool, worker="w2") as second_worker:
+        used = await first_worker.append(make_entry(medium=2, replay_key=key, holder_token=holder,
+                                                    rider_state=b"state-1"))
+        replayed = await second_worker.append(make_entry(medium=2, replay_key=key, holder_token=holder,
+                                                         rider_state=b"state-2", fare_fen=200))
+        states = await second_worker.load_rider_states([holder])
+    assert used.status == "new"
+    assert used.decision == 1
+    assert replayed.status == "new"
+    assert replayed.decision == 0
+    assert replayed.reason == Reason.REPLAYED
+    assert replayed.fare_fen == 0
+    assert states == {holder: b"state-1"}
+    row = await pool.fetchrow("SELECT decision, reason, fare_fen FROM taps WHERE tap_id = $1", replayed.journal_id)
+    assert tuple(row) == (0, 43, 0)
+
+
+async def test_qr_replay_within_one_batch(journal: Journal):
+    key = os.urandom(32)
+    first, second = await asyncio.gather(journal.append(make_entry(medium=2, replay_key=key)),
+                                         journal.append(make_entry(medium=2, replay_key=key)))
+    assert first.batch_id == second.batch_id
+    assert first.reason == Reason.ACCEPTED
+    assert second.reason == Reason.REPLAYED
+
+
+async def test_retry_of_qr_tap_is_not_replay(journal: Journal):
+    entry = make_entry(medium=2, replay_key=os.urandom(32))
+    first = await journal.append(entry)
+    again = await journal.append(entry)
+    assert again.status == "retry"
+    assert again.reason == Reason.ACCEPTED
+    assert again.journal_id == first.journal_id
+
+
+async def test_rider_state_stored_only_when_accepted(journal: Journal):
+    accepted_holder, rejected_holder = os.urandom(16), os.urandom(16)
+    await journal.append(make_entry(holder_token=accepted_holder, rider_state=b"after-ride"))
+    await journal.append(make_entry(holder_token=rejected_holder, rider_state=b"never", decision=0, reason=60,
+                                    fare_fen=0))
+    states = await journal.load_rider_states([accepted_holder, rejected_holder, os.urandom(16)])
+    assert states == {accepted_holder: b"after-ride"}
+
+
+async def test_rider_state_last_in_batch_wins(journal: Journal):
+    holder = os.urandom(16)
+    await asyncio.gather(*(journal.append(make_entry(holder_token=holder, rider_state=f"s{i}".encode()))
+                           for i in range(5)))
+    assert await journal.load_rider_states([holder]) == {holder: b"s4"}
+    await journal.append(make_entry(holder_token=holder, rider_state=b"s5"))
+    assert await journal.load_rider_states([holder]) == {holder: b"s5"}
+
+
+async def test_load_rider_states_empty(journal: Journal):
+    assert await journal.load_rider_states([]) == {}
+
+
+async def test_business_day_follows_cutoff(pool: asyncpg.Pool):
+    import datetime as dt
+
+    # 2026-12-04 17:30 UTC is 01:30 on 12-05 in Yiyuan: before a 02:00 cut-off, so still 12-04.
+    tap_ms = 1_796_405_400_000
+    async with Journal(pool, worker="cut", day_cutoff=dt.time(2, 0)) as journal:
+        late = await journal.append(make_entry(tap_time_ms=tap_ms))
+    async with Journal(pool, worker="mid") as journal:
+        midnight = await journal.append(make_entry(tap_time_ms=tap_ms))
+    assert late.business_day == dt.date(2026, 12, 4)
+    assert midnight.business_day == dt.date(2026, 12, 5)
