@@ -42,9 +42,12 @@ class Reason(enum.IntEnum):
     ALREADY_ENTERED_TODAY = 61
     CATEGORY_NOT_ELIGIBLE = 62
     NO_RULE_SET = 63
+    MEDIUM_NOT_ACCEPTED = 64
 
     # The gateway.
     INTERNAL_ERROR = 80
+    # The device reused one of its tap ids for a different tap (answered 409).
+    TAP_ID_CONFLICT = 81
 
 
 # What the validator or gate shows for a rejection: (Chinese, English), short enough for a small screen.
@@ -73,7 +76,9 @@ DISPLAY: dict[Reason, tuple[str, str]] = {
     Reason.ALREADY_ENTERED_TODAY: ("今日已入园", "Already entered today"),
     Reason.CATEGORY_NOT_ELIGIBLE: ("不符合优惠条件", "Not eligible"),
     Reason.NO_RULE_SET: ("票价规则未生效", "No fare rules in effect"),
+    Reason.MEDIUM_NOT_ACCEPTED: ("此处不支持该乘车方式", "Card or code not accepted here"),
     Reason.INTERNAL_ERROR: ("系统繁忙，请重试", "System busy, try again"),
+    Reason.TAP_ID_CONFLICT: ("记录编号冲突", "Tap id reused"),
 }
 
 

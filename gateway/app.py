@@ -1,0 +1,328 @@
+"""Routes of the tap server: authentication, body decoding, and the answers of every endpoint.
+
+Bodies are JSON or MessagePack, chosen by ``Content-Type`` for requests and
+answered in the same format (``Accept`` chooses for GET). Every error answer
+has the shape ``{"error": {"code", "message_zh", "message_en", "field"?}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+import msgspec
+
+from gateway import auth, http_metrics
+from gateway.http import Request, Response
+from gateway.http_schema import (DenyEntry, DenyListAnswer, ErrorAnswer, ErrorDetail, TapAnswer, TapBatchAnswer,
+                                 TapBatchRequest, TapRequest)
+from gateway.logs import log_event
+from gateway.pipeline import TapOutcome, TapPipeline
+from gateway.ratelimit import TokenBuckets
+
+log = logging.getLogger(__name__)
+
+JSON = b"application/json"
+MSGPACK = b"application/msgpack"
+DENY_LIST_PAGE_MAX = 10_000
+
+_json_encoder = msgspec.json.Encoder()
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_DECODERS = {
+    (JSON, TapRequest): msgspec.json.Decoder(TapRequest),
+    (MSGPACK, TapRequest): msgspec.msgpack.Decoder(TapRequest),
+    (JSON, TapBatchRequest): msgspec.json.Decoder(TapBatchRequest),
+    (MSGPACK, TapBatchRequest): msgspec.msgpack.Decoder(TapBatchRequest),
+}
+_FIELD_PATH = re.compile(r"at `(\$[^`]*)`")
+
+
+class HttpError(Exception):
+    """An answer other than 200, raised inside a route and turned into an error body."""
+
+    def __init__(self, status: int, code: str, message_en: str, message_zh: str, *, field: str | None = None,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(message_en)
+        self.status = status
+        self.code = code
+        self.message_en = message_en
+        self.message_zh = message_zh
+        self.field = field
+        self.headers = headers or []
+
+
+def encode_body(value: Any, content_type: bytes) -> bytes:
+    return _msgpack_encoder.encode(value) if content_type == MSGPACK else _json_encoder.encode(value)
+
+
+def error_response(status: int, code: str, message_en: str, message_zh: str, *, field: str | None = None,
+                   content_type: bytes = JSON, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    body = ErrorAnswer(error=ErrorDetail(code=code, message_zh=message_zh, message_en=message_en, field=field))
+    return Response(status, encode_body(body, content_type), content_type, headers)
+
+
+def plain_error_response(status: int, code: str, message_en: str, message_zh: str) -> Response:
+    """Error answer for requests that could not be parsed at all (always JSON)."""
+    return error_response(status, code, message_en, message_zh)
+
+
+def _body_type(request: Request) -> bytes:
+    """Return JSON or MSGPACK from the request's Content-Type, or raise 415."""
+    value = request.headers.get(b"content-type", b"")
+    media = value.split(b";", 1)[0].strip().lower()
+    if media == JSON:
+        return JSON
+    if media in (MSGPACK, b"application/x-msgpack", b"application/vnd.msgpack"):
+        return MSGPACK
+    shown = media.decode("latin-1") or "(none)"
+    raise HttpError(415, "unsupported_media_type",
+                    f"unsupported Content-Type {shown}; send application/json or application/msgpack",
+                    f"不支持的 Content-Type {shown}，请使用 application/json 或 application/msgpack")
+
+
+def _answer_type(request: Request) -> bytes:
+    accept = request.headers.get(b"accept", b"")
+    return MSGPACK if b"msgpack" in accept and b"json" not in accept else JSON
+
+
+def decode_body(request: Request, content_type: bytes, schema: type) -> Any:
+    """Decode and validate a body; raise 400 for bad syntax and 422 naming the field for bad values."""
+    try:
+        return _DECODERS[(content_type, schema)].decode(request.body)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _FIELD_PATH.search(text)
+        raise HttpError(422, "invalid_field", f"invalid request body: {text}", f"请求体字段无效：{text}",
+                        field=match.group(1) if match else None) from exc
+    except msgspec.DecodeError as exc:
+        kind = "MessagePack" if content_type == MSGPACK else "JSON"
+        raise HttpError(400, "malformed_body", f"request body is not valid {kind}: {exc}",
+                        f"请求体不是有效的 {kind}：{exc}") from exc
+
+
+Route = Callable[[Request], Awaitable[Response]]
+
+
+class GatewayApp:
+    """The request handler of one worker; ``worker`` is the :class:`gateway.server.Worker` it serves."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.config = worker.config
+        self.pipeline: TapPipeline = worker.pipeline
+        server = self.config.server
+        self.buckets = TokenBuckets(server.device_rate_per_s, server.device_rate_burst)
+        self.routes: dict[str, dict[str, Route]] = {
+            "/v1/taps": {"POST": self.post_tap},
+            "/v1/taps/batch": {"POST": self.post_tap_batch},
+            "/v1/deny-list": {"GET": self.get_deny_list},
+            "/healthz": {"GET": self.get_healthz},
+            "/readyz": {"GET": self.get_readyz},
+            "/metrics": {"GET": self.get_metrics},
+        }
+
+    async def handle(self, request: Request) -> Response:
+        methods = self.routes.get(request.path)
+        if methods is None:
+            response = error_response(404, "not_found", f"no such endpoint {request.path}",
+                                      f"没有此接口 {request.path}")
+        elif request.method not in methods:
+            allowed = ", ".join(methods).encode("ascii")
+            response = error_response(405, "method_not_allowed",
+                                      f"method {request.method} is not allowed on {request.path}; use "
+                                      f"{allowed.decode()}", f"{request.path} 不支持 {request.method} 方法",
+                                      headers=[(b"allow", allowed)])
+        else:
+            try:
+                response = await methods[request.method](request)
+            except HttpError as exc:
+                response = error_response(exc.status, exc.code, exc.message_en, exc.message_zh, field=exc.field,
+                                          content_type=_answer_type(request), headers=exc.headers)
+        http_metrics.REQUESTS.labels(request.path if methods else "other", str(response.status)).inc()
+        return response
+
+    # -- device authentication --------------------------------------------
+
+    def _authenticate(self, request: Request, now_ms: int) -> auth.Authenticated:
+        target = f"{request.path}?{request.query}" if request.query else request.path
+        result = auth.authenticate(self.worker.registry, request.method, target,
+                                   request.headers.get(b"authorization"), request.body, now_ms,
+                                   self.config.server.device_clock_skew_s)
+        if isinstance(result, auth.AuthFailure):
+            raise HttpError(result.status, result.code, result.message_en, result.message_zh,
+                            headers=[(b"www-authenticate", auth.SCHEME.encode("ascii"))])
+        wait_s = self.buckets.take(result.device.device_id)
+        if wait_s > 0:
+            retry = str(max(1, int(wait_s + 0.999))).encode("ascii")
+            raise HttpError(429, "rate_limited",
+                            f"device {result.device.device_id!r} exceeds {self.config.server.device_rate_per_s:g} "
+                            "requests per second; retry later",
+                            f"设备 {result.device.device_id!r} 请求过于频繁，请稍后重试",
+                            headers=[(b"retry-after", retry)])
+        return result
+
+    async def _nonce_ok(self, claim: asyncio.Future[bool]) -> None:
+        try:
+            fresh = await claim
+        except ConnectionError as exc:
+            raise _unavailable(str(exc)) from exc
+        if not fresh:
+            failure = auth.REPLAYED
+            raise HttpError(failure.status, failure.code, failure.message_en, failure.message_zh)
+
+    def _check_place(self, device: Any, tap: TapRequest, index: int | None = None) -> None:
+        """Raise 403 unless the tap is for the device's own route or site; 422 for a wrong tap kind."""
+        where = f"$.taps[{index}]" if index is not None else "$"
+        if device.kind == "validator":
+            if tap.site_id is not None or (tap.route_id is not None and tap.route_id != device.route_id):
+                raise HttpError(403, "wrong_route",
+                                f"device {device.device_id!r} may submit taps only for route {device.route_id!r}",
+                                f"设备 {device.device_id!r} 只能提交线路 {device.route_id!r} 的交易",
+                                field=f"{where}.route_id")
+            if tap.tap_kind == "entry":
+                raise HttpError(422, "invalid_field", "a validator's tap_kind is board, on or off",
+                                "车载验票机的 tap_kind 应为 board、on 或 off", field=f"{where}.tap_kind")
+        else:
+            if tap.route_id is not None or (tap.site_id is not None and tap.site_id != device.site_id):
+                raise HttpError(403, "wrong_site",
+                                f"device {device.device_id!r} may submit taps only for site {device.site_id!r}",
+                                f"设备 {device.device_id!r} 只能提交场所 {device.site_id!r} 的交易",
+                                field=f"{where}.site_id")
+            if tap.tap_kind != "entry":
+                raise HttpError(422, "invalid_field", "a gate's tap_kind is entry", "闸机的 tap_kind 应为 entry",
+                                field=f"{where}.tap_kind")
+
+    @staticmethod
+    def _fill_place(device: Any, tap: TapRequest) -> None:
+        if device.kind == "validator":
+            tap.route_id = device.route_id
+        else:
+            tap.site_id = device.site_id
+
+    # -- routes ---------------------------------------------------------------
+
+    async def post_tap(self, request: Request) -> Response:
+        started = time.perf_counter()
+        received_at_ms = int(time.time() * 1000)
+        authenticated = self._authenticate(request, received_at_ms)
+        content_type = _body_type(request)
+        tap: TapRequest = decode_body(request, content_type, TapRequest)
+        device = authenticated.device
+        self._check_place(device, tap)
+        self._fill_place(device, tap)
+
+        # The nonce claim and the tap's processing run together; a replayed
+        # request carries the original body, so the journal records nothing new for it.
+        claim = self.worker.nonces.claim(authenticated.nonce, device.device_id, authenticated.ts_ms)
+        outcome = await self._process(device, tap, received_at_ms)
+        await self._nonce_ok(claim)
+
+        answer = outcome.answer
+        http_metrics.TAP_LATENCY.observe(time.perf_counter() - started)
+        http_metrics.TAPS.labels(answer.decision, answer.reason_name).inc()
+        if outcome.conflict:
+            raise HttpError(409, "tap_id_conflict",
+                            f"tap_id {tap.tap_id} of device {device.device_id!r} was already used for a "
+                            "different tap; use a new tap_id for a new tap",
+                            f"设备 {device.device_id!r} 的 tap_id {tap.tap_id} 已用于另一笔交易，新交易须使用新的 tap_id",
+                            field="$.tap_id")
+        return Response(200, encode_body(answer, content_type), content_type)
+
+    async def post_tap_batch(self, request: Request) -> Response:
+        received_at_ms = int(time.time() * 1000)
+        authenticated = self._authenticate(request, received_at_ms)
+        content_type = _body_type(request)
+        batch: TapBatchRequest = decode_body(request, content_type, TapBatchRequest)
+        limit = self.config.server.batch_taps_max
+        if not 1 <= len(batch.taps) <= limit:
+            raise HttpError(422, "invalid_field", f"a batch holds 1 to {limit} taps, got {len(batch.taps)}",
+                            f"一批应包含 1 到 {limit} 笔交易，实际 {len(batch.taps)} 笔", field="$.taps")
+        device = authenticated.device
+        for index, tap in enumerate(batch.taps):
+            self._check_place(device, tap, index)
+            self._fill_place(device, tap)
+
+        claim = self.worker.nonces.claim(authenticated.nonce, device.device_id, authenticated.ts_ms)
+        # Taps are started in tap-time order: taps of one holder then take
+        # their holder lock, and so their rider state, in that order.
+        order = sorted(range(len(batch.taps)), key=lambda i: batch.taps[i].tap_time_ms)
+        tasks = {i: asyncio.ensure_future(self._process(device, batch.taps[i], received_at_ms)) for i in order}
+        try:
+            outcomes: list[TapOutcome] = [await tasks[i] for i in range(len(batch.taps))]
+        finally:
+            for task in tasks.values():
+                if not task.done():
+                    task.cancel()
+        await self._nonce_ok(claim)
+        for outcome in outcomes:
+            http_metrics.TAPS.labels(outcome.answer.decision, outcome.answer.reason_name).inc()
+        answer = TapBatchAnswer(results=[o.answer for o in outcomes], server_time_ms=int(time.time() * 1000))
+        return Response(200, encode_body(answer, content_type), content_type)
+
+    async def _process(self, device: Any, tap: TapRequest, received_at_ms: int) -> TapOutcome:
+        timeout_s = self.config.database.connect_timeout_s
+        try:
+            return await asyncio.wait_for(self.pipeline.process(device, tap, received_at_ms), timeout_s)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ConnectionError) as exc:
+            self.worker.note_database_error(exc)
+            raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def get_deny_list(self, request: Request) -> Response:
+        received_at_ms = int(time.time() * 1000)
+        authenticated = self._authenticate(request, received_at_ms)
+        since = _query_int(request.query, "since", default=0)
+        claim = self.worker.nonces.claim(authenticated.nonce, authenticated.device.device_id, authenticated.ts_ms)
+        await self._nonce_ok(claim)
+        try:
+            async with self.worker.pool.acquire(timeout=self.config.database.connect_timeout_s) as conn:
+                rows = await conn.fetch(
+                    "SELECT kind, subject, active, version FROM deny_list WHERE version > $1 "
+                    "ORDER BY version LIMIT $2", since, DENY_LIST_PAGE_MAX + 1)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self.worker.note_database_error(exc)
+            raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
+        more = len(rows) > DENY_LIST_PAGE_MAX
+        rows = rows[:DENY_LIST_PAGE_MAX]
+        entries = [DenyEntry(kind=r["kind"], subject=bytes(r["subject"]).hex(), active=r["active"],
+                             version=r["version"]) for r in rows]
+        version = entries[-1].version if entries else since
+        answer = DenyListAnswer(since=since, version=version, entries=entries, more=more)
+        content_type = _answer_type(request)
+        return Response(200, encode_body(answer, content_type), content_type)
+
+    async def get_healthz(self, request: Request) -> Response:
+        return Response(200, b'{"status":"ok"}')
+
+    async def get_readyz(self, request: Request) -> Response:
+        problem = await self.worker.readiness_problem()
+        if problem is None:
+            return Response(200, b'{"status":"ready"}')
+        en, zh = problem
+        return error_response(503, "not_ready", en, zh, headers=[(b"retry-after", b"1")])
+
+    async def get_metrics(self, request: Request) -> Response:
+        self.worker.update_cache_metrics()
+        return Response(200, http_metrics.exposition(), http_metrics.CONTENT_TYPE)
+
+
+def _unavailable(detail: str) -> HttpError:
+    return HttpError(503, "database_unavailable",
+                     f"the journal database is unavailable, the tap was not acknowledged ({detail}); "
+                     "retry the same request with the same tap_id",
+                     "交易记录数据库暂不可用，本笔交易未确认，请使用相同的 tap_id 重试",
+                     headers=[(b"retry-after", b"1")])
+
+
+def _query_int(query: str, name: str, default: int) -> int:
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            if not value.isdigit() or len(value) > 18:
+                raise HttpError(422, "invalid_field", f"query parameter {name} must be a non-negative integer, "
+                                f"got {value!r}", f"查询参数 {name} 应为非负整数，实际为 {value!r}", field=name)
+            return int(value)
+    return default
