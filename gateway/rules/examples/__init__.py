@@ -1,0 +1,1 @@
+"""Example rule sets shipped as package data (illustrative, not real fares)."""
