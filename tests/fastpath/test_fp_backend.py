@@ -1,0 +1,66 @@
+"""The compiled module agrees with wire.py, loads libsodium, and is chosen by TAPGATE_FASTPATH."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastpath import _sodium, _verify, wire
+
+
+def test_compiled_layout_matches_wire() -> None:
+    for name, value in _verify.wire_constants().items():
+        assert getattr(wire, name) == value, name
+
+
+def test_libsodium_loaded() -> None:
+    assert _sodium.library_path
+    major, minor, patch = (int(part) for part in _sodium.library_version().split("."))
+    assert (major, minor, patch) >= (1, 0, 18)
+
+
+def test_blake2b_matches_hashlib() -> None:
+    for data in (b"", b"a", bytes(range(256)) * 3):
+        assert _sodium.blake2b(data) == wire.digest(data)
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=60)
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("", "compiled"), ("compiled", "compiled"),
+                                                   ("python", "python"), ("Python", "python")])
+def test_environment_selects_implementation(setting: str, expected: str) -> None:
+    result = run_python("import fastpath; print(fastpath.IMPLEMENTATION)", TAPGATE_FASTPATH=setting)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
+
+
+def test_unknown_implementation_names_choices() -> None:
+    result = run_python("import fastpath", TAPGATE_FASTPATH="rust")
+    assert result.returncode != 0
+    assert "use 'compiled' or 'python'" in result.stderr
+
+
+def test_missing_library_names_fix() -> None:
+    result = run_python("import fastpath", TAPGATE_LIBSODIUM="/nonexistent/libsodium.so")
+    assert result.returncode != 0
+    assert "cannot load libsodium" in result.stderr
+    assert "TAPGATE_LIBSODIUM" in result.stderr
+
+
+def test_system_library_when_pointed_at() -> None:
+    import ctypes.util
+
+    system = ctypes.util.find_library("sodium")
+    if not system:
+        pytest.skip("no system libsodium on this machine")
+    code = "import fastpath._sodium as s; print(s.library_path, s.library_version())"
+    result = run_python(code, TAPGATE_LIBSODIUM=system)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(system)
