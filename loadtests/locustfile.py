@@ -1,0 +1,257 @@
+"""Locust users for Yiyuan's validators and gates; run through ``tapgate loadtest``.
+
+Each user is one device from the fixture, and signs every request with that
+device's secret as a real validator does (``gateway.client.sign_headers``).
+
+- ``bus``: a validator on a bus that serves its route stop by stop and turns
+  back at the end. At each stop a burst of riders boards (Poisson, scaled by
+  the day profile under the peak shape); on area-fare routes riders tap on
+  when boarding and tap off at a later stop.
+- ``scenic``: a gate at a scenic spot with a queue standing, one entry every
+  ``gate_interval_s``; the surge shape opens all gates at once on a holiday.
+- ``venue``: a gate at a museum, library or sports venue, with entries
+  arriving at random (exponential gaps, mean ``venue_interval_s``).
+
+Simulated durations are divided by ``time_scale``. Each tap's kind (valid,
+expired, replayed, forged, lost card, arrears, unknown device) is drawn from
+the traffic model. A tap whose answer is not what its kind must get is a
+Locust failure named by its kind, and every answer goes to this process's
+answer file for the journal check after the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+
+import msgspec
+from locust import FastHttpUser, constant, events, task
+from locust.exception import StopUser
+
+from gateway.client import sign_headers
+from gateway.logs import log_event
+from loadtests import curves, shapes
+from loadtests import scenario as sc
+from loadtests.answers import Answer, AnswerLog
+from loadtests.fixture import Device, Holder, read_fixture
+from loadtests.traffic import UNKNOWN_DEVICE_STATUS, Place, Tap, TrafficMaker, expected_text, outcome_is_expected
+
+log = logging.getLogger("loadtests")
+
+SPEC = sc.read_spec()
+FIXTURE = read_fixture(SPEC.fixture_path)
+TAP_PATH = "/v1/taps"
+
+# The one shape class Locust finds in this module.
+Shape = shapes.shape_for(SPEC)
+
+
+class ProcessState:
+    """What the users of one Locust process share: their devices, the traffic maker, the answer file."""
+
+    def __init__(self, worker_index: int) -> None:
+        self.worker_index = worker_index
+        self.started = time.monotonic()
+        self.rng = random.Random()
+        self.maker = TrafficMaker(FIXTURE, SPEC, worker_index, self.rng)
+        self.answers = AnswerLog(SPEC.answers_dir)
+        self.free: dict[str, list[Device]] = {name: [] for name in sc.SCENARIOS}
+        for device in FIXTURE.devices[worker_index % SPEC.processes::SPEC.processes]:
+            self.free[device.scenario].append(device)
+        for devices in self.free.values():
+            self.rng.shuffle(devices)
+
+    def level(self) -> float:
+        """Relative traffic now: the day profile under the peak shape, else the busiest hour (1.0)."""
+        if SPEC.shape.name != "peak":
+            return 1.0
+        hour = curves.simulated_hour(SPEC.shape, time.monotonic() - self.started)
+        return curves.profile_at(SPEC.model.day_profile, hour)
+
+
+_state: ProcessState | None = None
+
+
+def process_state(user: FastHttpUser) -> ProcessState:
+    global _state
+    if _state is None:
+        _state = ProcessState(max(user.environment.runner.worker_index, 0))
+    return _state
+
+
+@events.test_stop.add_listener
+def _flush_answers(**_kwargs: object) -> None:
+    if _state is not None:
+        _state.answers.flush()
+
+
+@events.quitting.add_listener
+def _close_answers(**_kwargs: object) -> None:
+    if _state is not None:
+        _state.answers.close()
+
+
+def poisson(rng: random.Random, mean: float) -> int:
+    """Draw from a Poisson distribution (Knuth's method; fine for the small means of one stop)."""
+    limit = math.exp(-mean)
+    count, product = 0, rng.random()
+    while product > limit:
+        count += 1
+        product *= rng.random()
+    return count
+
+
+class DeviceUser(FastHttpUser):
+    """One registered device sending taps; subclasses say where and how often."""
+
+    abstract = True
+    scenario = ""
+    wait_time = constant(0)
+    connection_timeout = SPEC.request_timeout_s
+    network_timeout = SPEC.request_timeout_s
+
+    def on_start(self) -> None:
+        self.state = process_state(self)
+        free = self.state.free[self.scenario]
+        if not free:
+            log_event(log, logging.ERROR, "loadtest.no_free_device", scenario=self.scenario,
+                      worker=self.state.worker_index)
+            raise StopUser()
+        self.device = free.pop()
+        self.recent: dict[int, float] = {}
+        self.next_tap_id = time.time_ns() // 1000
+
+    def on_stop(self) -> None:
+        device = getattr(self, "device", None)
+        if device is not None:
+            self.state.free[self.scenario].append(device)
+            self.device = None
+
+    def sleep_simulated(self, seconds: float) -> None:
+        """Sleep for ``seconds`` of simulated time (gevent makes ``time.sleep`` yield to other users)."""
+        if seconds > 0:
+            time.sleep(seconds / SPEC.model.timing.time_scale)
+
+    def tap(self, place: Place, kind: str | None = None, holder: Holder | None = None,
+            medium: str = "card") -> Tap | None:
+        """Send one tap (of a drawn kind, or a valid one by ``holder``) and return it if it was accepted."""
+        now_ms = time.time_ns() // 1_000_000
+        self.next_tap_id += 1
+        maker = self.state.maker
+        if holder is not None:
+            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms)
+        else:
+            tap = maker.make(kind or maker.choose_kind(), self.device, place, self.next_tap_id, now_ms, self.recent)
+        accepted = self.send(tap, now_ms)
+        if accepted:
+            maker.remember_accepted(tap, now_ms)
+            return tap
+        return None
+
+    def send(self, tap: Tap, now_ms: int) -> bool:
+        body = msgspec.json.encode(tap.body)
+        headers = sign_headers(tap.creds, "POST", TAP_PATH, body, now_ms=now_ms)
+        headers["Content-Type"] = "application/json"
+        answer = Answer(device_id=tap.creds.device_id, tap_id=tap.body["tap_id"], kind=tap.kind,
+                        scenario=self.scenario, medium=tap.medium, sent_ms=now_ms, status=0)
+        with self.client.post(TAP_PATH, data=body, headers=headers, name=f"{self.scenario} {tap.kind}",
+                              catch_response=True) as response:
+            answer.status = response.status_code or 0
+            if answer.status == 200:
+                try:
+                    decoded = msgspec.json.decode(response.content)
+                    answer.decision = decoded["decision"]
+                    answer.reason = decoded["reason"]
+                    answer.journal_id = decoded["journal_id"]
+                    answer.rider_category = decoded.get("rider_category")
+                    answer.fare_fen = decoded.get("fare_fen")
+                except (msgspec.DecodeError, KeyError, TypeError) as exc:
+                    answer.journal_id = None
+                    response.failure(f"unreadable answer: {exc}")
+            if not outcome_is_expected(answer, SPEC.model.fare_reasons_allowed):
+                response.failure(f"{tap.kind}: got HTTP {answer.status} decision {answer.decision} "
+                                 f"reason {answer.reason}, expected {expected_text(tap.kind, tuple(SPEC.model.fare_reasons_allowed))}")
+            elif answer.status not in (200, UNKNOWN_DEVICE_STATUS) or (
+                    answer.status == UNKNOWN_DEVICE_STATUS and tap.kind != sc.UNKNOWN_DEVICE):
+                response.failure(f"HTTP {answer.status}: {(response.text or '')[:200]}")
+            else:
+                response.success()
+        self.state.answers.write(answer)
+        return answer.decision == "accepted"
+
+
+class BusValidator(DeviceUser):
+    scenario = "bus"
+    weight = max(1, SPEC.model.user_weights.get("bus", 1))
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.route = next(r for r in SPEC.model.routes if r.route_id == self.device.route_id)
+        self.stop_index = self.state.rng.randrange(len(self.route.stops))
+        self.direction = 1
+        # Riders who tapped on and will tap off (area-fare routes): (holder, medium, stops left).
+        self.on_board: list[tuple[Holder, str, int]] = []
+
+    @task
+    def serve_next_stop(self) -> None:
+        timing = SPEC.model.timing
+        stop_id = self.route.stops[self.stop_index]
+        area = self.route.fare_structure == "area"
+        rng = self.state.rng
+
+        if area:
+            staying = []
+            for holder, medium, stops_left in self.on_board:
+                if stops_left <= 1:
+                    self.tap(Place("off", route_id=self.route.route_id, stop_id=stop_id), holder=holder, medium=medium)
+                    self.sleep_simulated(timing.boarding_interval_s)
+                else:
+                    staying.append((holder, medium, stops_left - 1))
+            self.on_board = staying
+
+        boardings = poisson(rng, self.route.boardings_mean * self.state.level())
+        place = Place("on" if area else "board", route_id=self.route.route_id, stop_id=stop_id)
+        for _ in range(boardings):
+            tap = self.tap(place)
+            if area and tap is not None and tap.holder is not None and tap.kind in sc.VALID_KINDS:
+                self.on_board.append((tap.holder, tap.medium, rng.randint(1, max(1, len(self.route.stops) - 1))))
+            self.sleep_simulated(timing.boarding_interval_s)
+
+        self._advance()
+        self.sleep_simulated(timing.stop_interval_s)
+
+    def _advance(self) -> None:
+        last = len(self.route.stops) - 1
+        if not 0 <= self.stop_index + self.direction <= last:
+            self.direction = -self.direction
+        self.stop_index += self.direction
+
+
+class _SiteGate(DeviceUser):
+    abstract = True
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.place = Place("entry", site_id=self.device.site_id)
+
+
+class ScenicGate(_SiteGate):
+    scenario = "scenic"
+    weight = max(1, SPEC.model.user_weights.get("scenic", 1))
+
+    @task
+    def admit_next(self) -> None:
+        self.tap(self.place)
+        self.sleep_simulated(SPEC.model.timing.gate_interval_s)
+
+
+class VenueGate(_SiteGate):
+    scenario = "venue"
+    weight = max(1, SPEC.model.user_weights.get("venue", 1))
+
+    @task
+    def admit_next(self) -> None:
+        self.tap(self.place)
+        self.sleep_simulated(self.state.rng.expovariate(1.0 / SPEC.model.timing.venue_interval_s))
