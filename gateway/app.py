@@ -39,6 +39,7 @@ _DECODERS = {
     (MSGPACK, TapBatchRequest): msgspec.msgpack.Decoder(TapBatchRequest),
 }
 _FIELD_PATH = re.compile(r"at `(\$[^`]*)`")
+_FIELD_NAME = re.compile(r"(?:unknown|required) field `([^`]+)`")
 
 
 class HttpError(Exception):
@@ -95,13 +96,24 @@ def decode_body(request: Request, content_type: bytes, schema: type) -> Any:
         return _DECODERS[(content_type, schema)].decode(request.body)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        match = _FIELD_PATH.search(text)
         raise HttpError(422, "invalid_field", f"invalid request body: {text}", f"请求体字段无效：{text}",
-                        field=match.group(1) if match else None) from exc
+                        field=_field_path(text)) from exc
     except msgspec.DecodeError as exc:
         kind = "MessagePack" if content_type == MSGPACK else "JSON"
         raise HttpError(400, "malformed_body", f"request body is not valid {kind}: {exc}",
                         f"请求体不是有效的 {kind}：{exc}") from exc
+
+
+def _field_path(message: str) -> str | None:
+    """Return the JSON path of the field that a msgspec validation message names."""
+    # msgspec: "Expected `int`, got `str` - at `$.tap_time_ms`", or for a field
+    # of the object itself "Object contains unknown field `x`" (at the root, no path).
+    at = _FIELD_PATH.search(message)
+    path = at.group(1) if at else "$"
+    name = _FIELD_NAME.search(message)
+    if name:
+        return f"{path}.{name.group(1)}"
+    return path if at else None
 
 
 Route = Callable[[Request], Awaitable[Response]]

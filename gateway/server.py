@@ -155,6 +155,7 @@ class Worker:
         marker = tuple((r["key_id"], bytes(r["public_key"]), r["status"], r["retired_at"]) for r in rows)
         if marker == self.components.keys_marker:
             return
+        self.update_cache_metrics()
         ring = fastpath.KeyRing()
         for key_id, public_key, status, retired_at in marker:
             retired_at_ms = int(retired_at.timestamp() * 1000) if retired_at is not None else None
@@ -186,7 +187,7 @@ class Worker:
             return
         books = await store.load_books(conn)
         self.components.books = books
-        self.components.rules_marker = getattr(books, "marker", None) or await store.rules_marker(conn)
+        self.components.rules_marker = books.marker
         if self.pipeline is not None:
             log_event(log, logging.INFO, "worker.rules_reloaded", worker=self.name)
 
@@ -215,6 +216,8 @@ class Worker:
                 log_event(log, logging.ERROR, "worker.refresh_error", worker=self.name,
                           error=f"{type(exc).__name__}: {exc}")
                 continue
+            # Every worker publishes its cache counters, not only the one that a scrape reaches.
+            self.update_cache_metrics()
             if failures:
                 log_event(log, logging.INFO, "worker.refresh_recovered", worker=self.name, failures=failures)
             failures = 0
@@ -244,10 +247,10 @@ class Worker:
     def update_cache_metrics(self) -> None:
         """Move the verifier's cache counters into Prometheus (the verifier counts, the metric accumulates)."""
         verifier = self.components.verifier
-        hits = getattr(verifier, "cache_hits", None)
-        misses = getattr(verifier, "cache_misses", None)
-        if hits is None or misses is None:
+        if verifier is None:
             return
+        stats = verifier.stats()
+        hits, misses = stats["cache_hits"], stats["cache_misses"]
         seen_hits, seen_misses = self._cache_seen
         if hits >= seen_hits and misses >= seen_misses:
             http_metrics.CREDENTIAL_CACHE.labels("hit").inc(hits - seen_hits)
