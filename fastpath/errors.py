@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 class FastpathError(Exception):
-    """Root of the fast path's own exceptions; ``message_en`` and ``message_zh`` say the same thing."""
+    """Root of the fast path's own exceptions; ``message_en`` and ``message_zh`` carry the same message."""
 
     def __init__(self, message_en: str, message_zh: str = "") -> None:
         self.message_en = message_en

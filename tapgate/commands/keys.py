@@ -1,4 +1,4 @@
-"""``tapgate keys`` and ``tapgate credential``: issuer keys, credentials, QR codes and card answers.
+"""``tapgate keys`` and ``tapgate credential``: issuer keys, credentials, QR codes and card responses.
 
 Issuer private keys live in files readable by their owner only (mode 0600)
 and never enter the database. The table ``issuer_keys`` holds the public
@@ -33,7 +33,7 @@ HOLDER_FILE_FORMAT = "tapgate-holder"
 
 
 class KeyCommandError(GatewayError, ValueError):
-    """An issuer key or holder file operation cannot be carried out as requested."""
+    """An issuer key or holder file operation failed: invalid input, a missing key or a conflicting row."""
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def _register_keys(subparsers: argparse._SubParsersAction, common: argparse.Argu
 def _register_credential(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "credential", parents=[common],
-        help="issue a credential, make QR codes and card answers / 签发凭证，生成乘车码和卡片应答",
+        help="issue a credential, make QR codes and card responses / 签发凭证，生成乘车码和卡片应答",
         description="Act as the card platform (issue) and as a rider's phone or card (qr, answer). The holder "
                     "file holds the credential and the holder's private seed (mode 0600). "
                     "/ 模拟发卡平台与乘客的手机或卡片。持卡人文件包含凭证和持卡人私钥（权限 0600）。")
@@ -132,7 +132,7 @@ def _register_credential(subparsers: argparse._SubParsersAction, common: argpars
     qr.set_defaults(handler=_qr)
 
     answer = actions.add_parser("answer", parents=[common],
-                                help="answer a reader's challenge as the card would / 像卡片一样应答读卡器挑战")
+                                help="sign a reader's challenge as the card would and print the response in base64 / 像卡片一样应答读卡器挑战")
     answer.add_argument("holder_file", metavar="FILE", help="holder file / 持卡人文件")
     answer.add_argument("--device-id", required=True, metavar="ID", help="reader's device id / 读卡设备编号")
     answer.add_argument("--nonce", metavar="HEX", help="reader nonce, 16 bytes in hex; default random / 读卡器随机数")
@@ -337,7 +337,7 @@ def _read_holder(path: str) -> tuple[bytes, bytes, int]:
         mode = stat.S_IMODE(source.stat().st_mode)
         if mode & 0o077:
             raise KeyCommandError(
-                f"holder file {source} has mode {mode:04o}; it holds a private key, so chmod 600 {source}",
+                f"holder file {source} has mode {mode:04o}; it contains a private key, so run chmod 600 {source}",
                 f"持卡人文件 {source} 的权限为 {mode:04o}，其中含有私钥，请执行 chmod 600 {source}")
         document = json.loads(source.read_text(encoding="ascii"))
         if document.get("format") != HOLDER_FILE_FORMAT:
@@ -444,7 +444,7 @@ def _answer(args: argparse.Namespace, config: Config) -> int:
         response = Card(credential, seed).answer(args.device_id.encode("utf-8"), nonce,
                                                  args.time_ms if args.time_ms is not None else _now_ms())
     except ValueError as exc:
-        raise KeyCommandError(f"cannot answer the challenge: {exc}", f"无法应答挑战：{exc}") from exc
+        raise KeyCommandError(f"cannot sign the challenge: {exc}", f"无法应答挑战：{exc}") from exc
     print(base64.b64encode(response).decode("ascii"))
     return 0
 
