@@ -64,3 +64,23 @@ def test_system_library_when_pointed_at() -> None:
     result = run_python(code, TAPGATE_LIBSODIUM=system)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(system)
+
+
+def test_missing_compiled_module_names_fix() -> None:
+    # sys.modules[name] = None makes the import fail as if the extension had not been built.
+    code = "import sys; sys.modules['fastpath._verify'] = None; import fastpath"
+    result = run_python(code)
+    assert result.returncode != 0
+    assert "the compiled fast path (fastpath._verify) is not built" in result.stderr
+    assert "TAPGATE_FASTPATH=python" in result.stderr
+
+
+def test_twin_works_without_compiled_module() -> None:
+    code = ("import sys; sys.modules['fastpath._verify'] = None; sys.modules['fastpath._sodium'] = None\n"
+            "import fastpath\nfrom fastpath.issuer import IssuerKey, Phone\n"
+            "key = IssuerKey.generate(1); ring = fastpath.KeyRing(); ring.add(1, key.public_key)\n"
+            "phone = Phone.new(key, valid_from_ms=1000)\n"
+            "print(fastpath.Verifier(ring).verify(2, phone.qr_text(5000).encode(), b'', 5000).reason_name)")
+    result = run_python(code, TAPGATE_FASTPATH="python")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ACCEPTED"

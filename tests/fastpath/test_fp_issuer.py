@@ -12,7 +12,7 @@ import pytest
 from fastpath import wire
 from fastpath.entitlements import Entitlements
 from fastpath.errors import KeyFileError
-from fastpath.issuer import Card, IssuerKey, Phone, issue_credential, make_qr, parse_credential
+from fastpath.issuer import Card, IssuerKey, Phone, issue_credential, make_qr, parse_credential, parse_presentation
 from tests.fastpath.conftest import DAY_MS, NOW_MS
 
 
@@ -172,3 +172,17 @@ class TestBase45:
     def test_invalid_rejected(self, text: bytes) -> None:
         with pytest.raises(ValueError):
             wire.base45_decode(text)
+
+
+class TestParsePresentation:
+    def test_qr_split(self) -> None:
+        phone = Phone.new(IssuerKey.generate(1))
+        credential, dynamic = parse_presentation(2, phone.qr_text(NOW_MS).encode())
+        assert credential == phone.credential
+        assert dynamic == NOW_MS.to_bytes(8, "big") + (1).to_bytes(4, "big")
+
+    def test_card_split(self) -> None:
+        card = Card.new(IssuerKey.generate(1))
+        credential, dynamic = parse_presentation(1, card.answer(b"g1", bytes(16), NOW_MS))
+        assert credential == card.credential
+        assert dynamic == wire.encode_card_dynamic(b"g1", bytes(16), NOW_MS)
