@@ -38,6 +38,10 @@ DISCOUNT_KINDS = frozenset({"category", "transfer", "cap"})
 STATUS_NAMES = ("new", "retry", "conflict")
 _STATUS_MISSING_ROW = 3
 
+# Errors caused by an entry's values (PostgreSQL classes 22 and 23, or asyncpg
+# failing to encode a value), as opposed to a failed connection or server.
+_ENTRY_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.exceptions._base.DataError)
+
 _COMMIT_SQL = "SELECT * FROM tapgate_journal_commit($1, $2::tapgate_journal_entry[])"
 
 
@@ -49,14 +53,15 @@ class JournalEntryError(JournalError, ValueError):
     """An entry handed to :meth:`Journal.append` has an invalid field."""
 
 
-class JournalUnavailable(JournalError, DatabaseError):
+class JournalUnavailable(JournalError, DatabaseError, ConnectionError):
     """The entry was not journaled: PostgreSQL failed, or the writer is closed or overloaded.
 
-    The server answers 503; the device may retry the same tap id.
+    The server answers 503; the device may retry the same tap id. It is a
+    ``ConnectionError`` too, so handlers that catch connection faults catch it.
     """
 
 
-class JournalIntegrityError(JournalError, DatabaseError):
+class JournalIntegrityError(JournalUnavailable):
     """The journal's tables disagree (a key without its row): run ``tapgate journal verify``."""
 
 
@@ -123,8 +128,32 @@ class JournalOutcome:
         return self.decision == 1
 
 
+_SMALLINT_MAX = 2 ** 15 - 1
+_INTEGER_MAX = 2 ** 31 - 1
+_BIGINT_MAX = 2 ** 63 - 1
+_TEXT_FIELDS = ("device_id", "operator_id", "route_id", "stop_id", "site_id", "rider_category", "product_id")
+
+
 def _check_entry(entry: JournalEntry) -> None:
+    # Everything PostgreSQL would reject is caught here, so that one bad entry
+    # is refused alone and does not fail the group commit it would join.
     problems = []
+    if not 0 <= entry.device_tap_id <= _BIGINT_MAX:
+        problems.append(f"device_tap_id={entry.device_tap_id} (expected 0 to 2^63-1)")
+    for name in ("tap_time_ms", "received_at_ms"):
+        value = getattr(entry, name)
+        if not 0 <= value <= 253_402_300_799_999:
+            problems.append(f"{name}={value} (expected Unix milliseconds up to year 9999)")
+    for name in _TEXT_FIELDS:
+        value = getattr(entry, name)
+        if value is not None and "\x00" in value:
+            problems.append(f"{name} contains a NUL character")
+    if not 0 <= entry.reason <= _SMALLINT_MAX:
+        problems.append(f"reason={entry.reason} (expected 0 to {_SMALLINT_MAX})")
+    if entry.rule_set_version is not None and not 0 <= entry.rule_set_version <= _INTEGER_MAX:
+        problems.append(f"rule_set_version={entry.rule_set_version} (expected 0 to {_INTEGER_MAX})")
+    if entry.fare_fen > _INTEGER_MAX or entry.full_fare_fen > _INTEGER_MAX:
+        problems.append(f"fare_fen={entry.fare_fen}, full_fare_fen={entry.full_fare_fen} (expected <= {_INTEGER_MAX})")
     if entry.tap_kind not in (0, 1, 2, 3):
         problems.append(f"tap_kind={entry.tap_kind!r} (expected 0 board, 1 on, 2 off or 3 entry)")
     if entry.medium not in (1, 2):
@@ -310,14 +339,27 @@ class Journal:
         try:
             async with self._pool.acquire(timeout=self.commit_timeout_s) as conn:
                 rows = await conn.fetch(_COMMIT_SQL, self.worker, records, timeout=self.commit_timeout_s)
+        except _ENTRY_ERRORS as exc:
+            if len(batch) > 1:
+                # Some entry's value was rejected, and the whole transaction with it.
+                # Commit the entries one by one, so only the bad one fails.
+                log_event(log, logging.WARNING, "journal.batch_split", worker=self.worker, entries=len(batch),
+                          error=type(exc).__name__, detail=str(exc)[:200])
+                for item in batch:
+                    await self._commit([item])
+                return
+            self._fail(batch, exc, bad_entry=True)
+            return
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self._fail(batch, exc)
             await self._back_off()
             return
         except Exception as exc:
-            # Anything else is a bug; still fail the appends so that no caller waits forever.
+            # Anything else is a bug. Fail the appends so no caller waits forever,
+            # and keep the flusher alive for the next batch.
+            log.exception("journal.commit_error worker=%s entries=%d", self.worker, len(batch))
             self._fail(batch, exc)
-            raise
+            return
 
         elapsed = time.perf_counter() - started
         self._failures = 0
@@ -325,12 +367,14 @@ class Journal:
         metrics.JOURNAL_COMMIT_SECONDS.observe(elapsed)
         metrics.JOURNAL_BATCH_TAPS.observe(len(batch))
         new_rows = 0
-        for item, row in zip(batch, rows):
-            status = row["status"]
+        by_ord = {row["ord"]: row for row in rows}
+        for ord_, item in enumerate(batch, start=1):
+            row = by_ord.get(ord_)
+            status = _STATUS_MISSING_ROW if row is None else row["status"]
             if status == _STATUS_MISSING_ROW:
                 _set_exception(item.future, JournalIntegrityError(
                     f"device {item.entry.device_id} tap {item.entry.device_tap_id} has a key in tap_keys "
-                    f"but no row in taps (tap_id {row['tap_id']})",
+                    "but no row in taps",
                     f"设备 {item.entry.device_id} 交易 {item.entry.device_tap_id} 有键但流水缺失",
                     "run `tapgate journal verify` / 请运行 `tapgate journal verify`"))
                 continue
@@ -346,14 +390,24 @@ class Journal:
             self.batches_committed += 1
             self.entries_committed += new_rows
 
-    def _fail(self, batch: list[_Pending], exc: BaseException) -> None:
-        self._failures += 1
+    def _fail(self, batch: list[_Pending], exc: BaseException, *, bad_entry: bool = False) -> None:
         metrics.JOURNAL_COMMITS.labels("failed").inc()
         metrics.JOURNAL_ENTRIES.labels("failed").inc(len(batch))
-        log_event(log, logging.ERROR, "journal.commit_failed", worker=self.worker, entries=len(batch),
-                  failures=self._failures, error=type(exc).__name__, detail=str(exc)[:200])
-        error = JournalUnavailable(f"the journal commit failed, the tap is not recorded: {exc}",
-                                   f"流水提交失败，交易未记录：{exc}", "retry the same tap id / 请用同一交易号重试")
+        error: JournalError
+        if bad_entry:
+            # PostgreSQL rejected this entry's values: a retry would fail the same way.
+            entry = batch[0].entry
+            log_event(log, logging.ERROR, "journal.entry_rejected", worker=self.worker, device=entry.device_id,
+                      device_tap_id=entry.device_tap_id, error=type(exc).__name__, detail=str(exc)[:200])
+            error = JournalEntryError(
+                f"PostgreSQL rejected the journal entry of device {entry.device_id} tap {entry.device_tap_id}: {exc}",
+                f"数据库拒绝了该流水记录（设备 {entry.device_id}，交易 {entry.device_tap_id}）：{exc}")
+        else:
+            self._failures += 1
+            log_event(log, logging.ERROR, "journal.commit_failed", worker=self.worker, entries=len(batch),
+                      failures=self._failures, error=type(exc).__name__, detail=str(exc)[:200])
+            error = JournalUnavailable(f"the journal commit failed, the tap is not recorded: {exc}",
+                                       f"流水提交失败，交易未记录：{exc}", "retry the same tap id / 请用同一交易号重试")
         for item in batch:
             _set_exception(item.future, error)
 
