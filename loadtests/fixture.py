@@ -9,13 +9,14 @@ accounts in arrears (``deny_list``). It also makes a rogue issuer key with
 the same key id, whose credentials must fail the issuer signature check,
 and ids for devices that are never registered.
 
-The fixture file holds device secrets and holder keys, so it is written
+The fixture file contains device secrets and holder keys, so it is written
 with mode 0600. It is test data, never production data.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.resources
 import math
 import os
 import pathlib
@@ -32,7 +33,8 @@ from gateway.timeutil import LOCAL_TZ
 from loadtests.scenario import TrafficModel
 
 FIXTURE_VERSION = 1
-DENY_SOURCE = "loadtest"
+# Source of the deny-list rows and actor of the rule-set publication that provisioning writes.
+ACTOR = "loadtest"
 # Rogue holders made by the rogue issuer key, enough to spread forged taps.
 ROGUE_HOLDERS = 16
 UNKNOWN_DEVICES = 16
@@ -218,19 +220,45 @@ async def store(conn: asyncpg.Connection, model: TrafficModel, fixture: Fixture)
             "INSERT INTO deny_list (kind, subject, source) VALUES ($1, $2, $3) "
             "ON CONFLICT (kind, subject) DO UPDATE SET active = true, "
             "version = nextval('deny_list_version'), changed_at = now(), source = EXCLUDED.source",
-            [(kind, subject, DENY_SOURCE) for kind, subject in deny_rows])
+            [(kind, subject, ACTOR) for kind, subject in deny_rows])
+
+
+async def ensure_rule_set(conn: asyncpg.Connection, rules_path: str | os.PathLike[str] | None = None) -> int | None:
+    """Publish a rule set effective now: ``rules_path`` if given, else the example one if none is published.
+
+    Returns the version published, or None when a published rule set already
+    exists and no file was given. The example's route, stop and site ids are
+    the ones of the built-in traffic model.
+    """
+    from gateway.rules import store
+
+    if rules_path is None:
+        if await store.rules_marker(conn) != 0:
+            return None
+        text = (importlib.resources.files("gateway.rules.examples") / "yiyuan.toml").read_text(encoding="utf-8")
+        fmt = "toml"
+    else:
+        path = pathlib.Path(rules_path)
+        text = path.read_text(encoding="utf-8")
+        fmt = {".yaml": "yaml", ".yml": "yaml", ".json": "json"}.get(path.suffix.lower(), "toml")
+    version = await store.create_draft(conn, text, fmt, ACTOR, note="published by tapgate loadtest")
+    await store.publish(conn, version, time.time_ns() // 1_000_000, ACTOR)
+    return version
 
 
 async def provision(dsn: str, model: TrafficModel, fixture_path: pathlib.Path,
                     issuer_key_path: pathlib.Path, *, seed: int | None = None,
-                    devices_min: dict[str, int] | None = None) -> Fixture:
+                    devices_min: dict[str, int] | None = None,
+                    rules_path: str | os.PathLike[str] | None = None) -> Fixture:
     """Make a fixture for ``model``, register it in the database at ``dsn`` and write the fixture file.
 
-    The issuer private key is saved at ``issuer_key_path`` (mode 0600), which
+    Also publishes a rule set when needed (see :func:`ensure_rule_set`). The
+    issuer private key is saved at ``issuer_key_path`` (mode 0600), which
     must not exist yet.
     """
     conn = await asyncpg.connect(dsn)
     try:
+        await ensure_rule_set(conn, rules_path)
         issuer = IssuerKey.generate(await next_issuer_key_id(conn))
         fixture = make_fixture(model, issuer, seed=seed, devices_min=devices_min)
         await store(conn, model, fixture)

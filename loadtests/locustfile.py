@@ -43,6 +43,8 @@ log = logging.getLogger("loadtests")
 SPEC = sc.read_spec()
 FIXTURE = read_fixture(SPEC.fixture_path)
 TAP_PATH = "/v1/taps"
+# Shortest gap between two requests of one device: 90 % of the gateway's per-device limit.
+DEVICE_INTERVAL_S = 1.0 / (0.9 * SPEC.device_rate_per_s)
 
 # The one shape class Locust finds in this module.
 Shape = shapes.shape_for(SPEC)
@@ -104,7 +106,7 @@ def poisson(rng: random.Random, mean: float) -> int:
 
 
 class DeviceUser(FastHttpUser):
-    """One registered device sending taps; subclasses say where and how often."""
+    """One registered device sending taps; subclasses define where and how often."""
 
     abstract = True
     scenario = ""
@@ -122,6 +124,7 @@ class DeviceUser(FastHttpUser):
         self.device = free.pop()
         self.recent: dict[int, float] = {}
         self.next_tap_id = time.time_ns() // 1000
+        self.last_sent = 0.0
 
     def on_stop(self) -> None:
         device = getattr(self, "device", None)
@@ -137,6 +140,10 @@ class DeviceUser(FastHttpUser):
     def tap(self, place: Place, kind: str | None = None, holder: Holder | None = None,
             medium: str = "card") -> Tap | None:
         """Send one tap (of a drawn kind, or a valid one by ``holder``) and return it if it was accepted."""
+        wait_s = self.last_sent + DEVICE_INTERVAL_S - time.monotonic()
+        if wait_s > 0:
+            time.sleep(wait_s)
+        self.last_sent = time.monotonic()
         now_ms = time.time_ns() // 1_000_000
         self.next_tap_id += 1
         maker = self.state.maker

@@ -68,8 +68,10 @@ class Options:
     gateway_workers: int | None = None
     config_path: str | None = None
     fixture_path: pathlib.Path | None = None
+    rules_path: str | None = None
     code_lifetime_s: int = 60
     clock_skew_s: int = 30
+    device_rate_per_s: float = 50.0
     seed: int | None = None
 
 
@@ -98,7 +100,7 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, process: subprocess.Popen | None, timeout_s: float) -> None:
-    """Poll ``url``/readyz until it answers 200; raise if the process exits or time runs out."""
+    """Poll ``url``/readyz until it returns HTTP 200; raise if the process exits or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -154,7 +156,8 @@ def build_spec(options: Options, fixture_path: pathlib.Path) -> sc.RunSpec:
     return sc.RunSpec(model=options.model, shape=options.shape, scenarios=options.scenarios,
                       fixture_path=str(fixture_path), answers_dir=str(options.out_dir / "answers"),
                       out_dir=str(options.out_dir), processes=options.processes,
-                      code_lifetime_s=options.code_lifetime_s, clock_skew_s=options.clock_skew_s)
+                      code_lifetime_s=options.code_lifetime_s, clock_skew_s=options.clock_skew_s,
+                      device_rate_per_s=options.device_rate_per_s)
 
 
 def locust_command(options: Options, url: str) -> list[str]:
@@ -193,23 +196,23 @@ def prepare(options: Options, dsn: str) -> tuple[fixture.Fixture, pathlib.Path, 
     options.out_dir.mkdir(parents=True, exist_ok=True)
     if options.fixture_path is not None:
         fixture_path = options.fixture_path
-        made = fixture.read_fixture(fixture_path)
+        run_fixture = fixture.read_fixture(fixture_path)
     else:
         fixture_path = options.out_dir / "fixture.json"
         needed = devices_needed(options)
-        made = asyncio.run(fixture.provision(dsn, options.model, fixture_path,
+        run_fixture = asyncio.run(fixture.provision(dsn, options.model, fixture_path,
                                              options.out_dir / "issuer.key", seed=options.seed,
-                                             devices_min=needed))
+                                             devices_min=needed, rules_path=options.rules_path))
     spec_path = options.out_dir / "spec.json"
     sc.write_spec(build_spec(options, fixture_path), spec_path)
-    return made, fixture_path, spec_path
+    return run_fixture, fixture_path, spec_path
 
 
 def devices_needed(options: Options) -> dict[str, int]:
     """Return the devices to provision per user class so every user finds a free one.
 
-    Locust splits users between classes by weight; each class gets a margin
-    of half again plus one per process, since devices are split between
+    Locust splits users between classes by weight. Each class gets a margin
+    of half again plus two per process, because devices are split between
     processes as evenly as users are.
     """
     weights = {name: options.model.user_weights.get(name, 1) for name in options.scenarios}
@@ -223,7 +226,7 @@ def devices_needed(options: Options) -> dict[str, int]:
 
 def run(options: Options, dsn: str) -> int:
     """Run the whole load test against ``dsn``'s gateway; return 0 if every threshold held, else 1."""
-    made, _, spec_path = prepare(options, dsn)
+    run_fixture, _, spec_path = prepare(options, dsn)
     gateway = None
     try:
         if options.target is None:
@@ -237,7 +240,7 @@ def run(options: Options, dsn: str) -> int:
         if gateway is not None:
             status = stop_process(gateway, GATEWAY_STOP_TIMEOUT_S)
             log_event(log, logging.INFO, "loadtest.gateway_stopped", status=status)
-    return judge(options, dsn, made)
+    return judge(options, dsn, run_fixture)
 
 
 def judge_directory(options: Options, dsn: str) -> int:
@@ -255,10 +258,10 @@ def judge_directory(options: Options, dsn: str) -> int:
     return judge(options, dsn, fixture.read_fixture(spec.fixture_path))
 
 
-def judge(options: Options, dsn: str, made: fixture.Fixture) -> int:
+def judge(options: Options, dsn: str, run_fixture: fixture.Fixture) -> int:
     """Check correctness and thresholds, draw the chart, write ``summary.json``; return the exit status."""
     out = options.out_dir
-    correctness = asyncio.run(check.check_run(dsn, out / "answers", made, options.model.fare_reasons_allowed))
+    correctness = asyncio.run(check.check_run(dsn, out / "answers", run_fixture, options.model.fare_reasons_allowed))
     (out / "check.json").write_bytes(msgspec.json.format(msgspec.json.encode(correctness)))
 
     totals = report.read_totals(out / "locust_stats.csv")

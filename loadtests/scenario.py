@@ -95,7 +95,7 @@ class Timing(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     stop_interval_s: float = 90.0
     # Time between two riders boarding the same bus.
     boarding_interval_s: float = 2.0
-    # Time between two people passing the same gate while a queue stands.
+    # Time between two people passing the same gate while people are queueing.
     gate_interval_s: float = 3.0
     # Time between two people at a venue gate outside an event rush.
     venue_interval_s: float = 20.0
@@ -168,6 +168,8 @@ class RunSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The gateway's QR code lifetime and clock skew, so expired codes are really expired.
     code_lifetime_s: int = 60
     clock_skew_s: int = 30
+    # The gateway's per-device request limit; each simulated device stays below 90 % of it.
+    device_rate_per_s: float = 50.0
     # Seconds a request may take before Locust counts it as failed.
     request_timeout_s: float = 10.0
 

@@ -26,7 +26,7 @@ STEPPED_RESULT = "stepped.json"
 
 
 class SpecShape(LoadTestShape):
-    """Base of the shapes: holds the run specification."""
+    """Base class of the shapes, bound to the run specification by :func:`shape_for`."""
 
     abstract = True
     spec: RunSpec

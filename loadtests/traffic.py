@@ -85,7 +85,7 @@ class Tap:
 
 @dataclasses.dataclass(slots=True)
 class Place:
-    """Where a tap happens: the fields of the tap request that name the route, stop or site."""
+    """The route, stop or site of a tap and its tap kind, as the tap request names them."""
 
     tap_kind: str
     route_id: str | None = None
@@ -179,7 +179,7 @@ class TrafficMaker:
         """Make the request for one tap of ``kind`` at ``device``.
 
         A replay needs an accepted code from the last few seconds; with none
-        at hand, the tap is sent as a valid QR code instead and its kind says so.
+        at hand, the tap is sent as a valid QR code instead and its kind is ``valid_qr``.
         """
         now_s = now_ms / 1000
         creds = DeviceCredentials(device.device_id, device.secret)
@@ -246,7 +246,7 @@ class TrafficMaker:
             self.replay_pool.append((tap.qr_text, now_ms))
 
     def _take_replay(self, now_ms: int) -> str | None:
-        # Replay only well inside the code lifetime, or the answer would be CODE_EXPIRED.
+        # Replay only well inside the code lifetime, or the gateway would reject it as CODE_EXPIRED.
         fresh_ms = self.spec.code_lifetime_s * 1000 // 3
         while self.replay_pool:
             text, accepted_ms = self.replay_pool.popleft()

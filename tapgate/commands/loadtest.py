@@ -29,16 +29,19 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                     "/ 准备设备与持卡人，启动本地网关（除非指定 --target），按所选场景与负载曲线运行 Locust，"
                     "逐笔核对应答与交易流水，输出 Locust 的 CSV 与 HTML 报告、chart.png 和 summary.json。"
                     "任一阈值或正确性检查未通过时退出码为 1。")
-    what = parser.add_argument_group("traffic / 流量")
-    what.add_argument("--scenario", choices=["bus", "scenic", "venue", "mixed"], default="mixed",
+    traffic = parser.add_argument_group("traffic / 流量")
+    traffic.add_argument("--scenario", choices=["bus", "scenic", "venue", "mixed"], default="mixed",
                       help="bus validators, scenic-spot gates, venue gates, or all three by the model's "
                            "weights (default mixed) / 场景：公交、景区闸机、场馆闸机或混合")
-    what.add_argument("--traffic", metavar="FILE",
+    traffic.add_argument("--traffic", metavar="FILE",
                       help="traffic model (TOML); default the built-in Yiyuan model / 流量模型文件")
-    what.add_argument("--time-scale", type=float, metavar="X",
+    traffic.add_argument("--time-scale", type=float, metavar="X",
                       help="simulated seconds per real second for bus travel, boarding and gate queues "
                            "(default from the model, 20) / 模拟时间压缩倍数")
-    what.add_argument("--seed", type=int, metavar="N", help="seed for the holders' categories / 随机种子")
+    traffic.add_argument("--rules", metavar="FILE",
+                      help="rule set (TOML, YAML or JSON) to publish before the run; without it the example Yiyuan "
+                           "rule set is published if none is / 运行前发布的票价规则文件；不指定时若无已发布规则则发布示例规则")
+    traffic.add_argument("--seed", type=int, metavar="N", help="seed for the holders' categories / 随机种子")
 
     shape = parser.add_argument_group("load shape / 负载曲线")
     shape.add_argument("--shape", choices=["ramp", "peak", "soak", "surge", "stepped"], default="ramp",
@@ -71,25 +74,25 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     limits.add_argument("--max-error-rate", type=float, default=0.001, metavar="RATIO",
                         help="highest share of failed requests, 0.001 = 0.1%% (default 0.001) / 最高错误率")
 
-    where = parser.add_argument_group("gateway and output / 网关与输出")
-    where.add_argument("--target", metavar="URL",
+    output = parser.add_argument_group("gateway and output / 网关与输出")
+    output.add_argument("--target", metavar="URL",
                        help="test a running gateway at URL instead of starting one; its database must be the "
                             "one given by --dsn / 压测已运行的网关（其数据库须为 --dsn 所指）")
-    where.add_argument("--allow-remote", action="store_true",
+    output.add_argument("--allow-remote", action="store_true",
                        help="allow a --target that is not a loopback address / 允许非本机目标")
-    where.add_argument("--gateway-workers", type=int, metavar="N",
+    output.add_argument("--gateway-workers", type=int, metavar="N",
                        help="worker processes of the local gateway (default server.workers) / 本地网关工作进程数")
-    where.add_argument("--processes", type=int, default=1, metavar="N",
+    output.add_argument("--processes", type=int, default=1, metavar="N",
                        help="Locust processes generating load on this machine (default 1) / 本机负载生成进程数")
-    where.add_argument("--fixture", metavar="FILE",
+    output.add_argument("--fixture", metavar="FILE",
                        help="reuse a fixture file from an earlier run instead of provisioning a new one "
                             "/ 复用之前生成的测试数据文件")
-    where.add_argument("--out", metavar="DIR",
+    output.add_argument("--out", metavar="DIR",
                        help="output directory (default loadtest-out/<UTC time>) / 输出目录")
-    where.add_argument("--prepare-only", action="store_true",
+    output.add_argument("--prepare-only", action="store_true",
                        help="provision and write spec.json and fixture.json for a distributed run, print the "
                             "Locust commands, and stop / 仅准备分布式运行所需文件并打印 Locust 命令")
-    where.add_argument("--judge-only", action="store_true",
+    output.add_argument("--judge-only", action="store_true",
                        help="after a distributed run: check the answers in --out/answers against the journal "
                             "and the thresholds against --out's Locust reports / 分布式运行后仅做核对与判定")
     parser.set_defaults(handler=run_loadtest)
@@ -124,8 +127,9 @@ def options_from_args(args: argparse.Namespace, config: Config) -> "runner.Optio
         thresholds=report.Thresholds(p95_ms=args.p95_ms, p99_ms=args.p99_ms, error_rate_max=args.max_error_rate),
         target=args.target, allow_remote=args.allow_remote, processes=args.processes,
         gateway_workers=args.gateway_workers, config_path=args.config,
-        fixture_path=pathlib.Path(args.fixture).resolve() if args.fixture else None,
-        code_lifetime_s=config.fastpath.code_lifetime_s, clock_skew_s=config.fastpath.clock_skew_s, seed=args.seed)
+        fixture_path=pathlib.Path(args.fixture).resolve() if args.fixture else None, rules_path=args.rules,
+        code_lifetime_s=config.fastpath.code_lifetime_s, clock_skew_s=config.fastpath.clock_skew_s,
+        device_rate_per_s=config.server.device_rate_per_s, seed=args.seed)
 
 
 def run_loadtest(args: argparse.Namespace, config: Config) -> int:

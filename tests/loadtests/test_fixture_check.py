@@ -157,3 +157,35 @@ async def test_check_run_reads_journal(dsn: str, small_model: sc.TrafficModel, t
     assert not bad.passed
     assert bad.journal_mismatches == 1
     assert msgspec.json.decode(msgspec.json.encode(bad))["passed"] is False
+
+
+async def test_provision_publishes_example_rules_once(dsn: str, small_model: sc.TrafficModel,
+                                                      tmp_path: pathlib.Path) -> None:
+    await provision(dsn, small_model, tmp_path / "a.json", tmp_path / "a.key")
+    await provision(dsn, small_model, tmp_path / "b.json", tmp_path / "b.key")
+    conn = await asyncpg.connect(dsn)
+    try:
+        published = await conn.fetch("SELECT rule_set_id FROM rule_set_versions WHERE status = 'published'")
+    finally:
+        await conn.close()
+    assert [r["rule_set_id"] for r in published] == ["yiyuan"]
+
+
+def test_model_ids_match_example_rule_set(small_model: sc.TrafficModel) -> None:
+    # Every route, stop and site the traffic model taps must exist in the example rule set.
+    import importlib.resources
+
+    from gateway.rules import load_rule_set_document
+
+    text = (importlib.resources.files("gateway.rules.examples") / "yiyuan.toml").read_text(encoding="utf-8")
+    doc = load_rule_set_document(text, fmt="toml")
+    routes = {route for network in doc.networks for route in network.routes}
+    area_network_routes = {route for network in doc.networks if network.fare_structure == "area"
+                           for route in network.routes}
+    stops = {stop for area in doc.areas for stop in area.stops}
+    assert {r.route_id for r in small_model.routes} <= routes
+    for route in small_model.routes:
+        assert (route.fare_structure == "area") == (route.route_id in area_network_routes)
+        if route.fare_structure == "area":
+            assert set(route.stops) <= stops
+    assert {s.site_id for s in small_model.sites} == {s.site_id for s in doc.sites}

@@ -1,0 +1,80 @@
+"""A few seconds of ``tapgate loadtest`` against a real gateway and PostgreSQL, run as a user runs it.
+
+The run uses the test's own database and a gateway the command starts; the
+traffic model has a large share of bad traffic so every kind is sent in a
+few seconds. Thresholds are loose because the test checks the machinery
+(reports, chart, journal comparison, verdict), not the speed of a shared
+test machine.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from loadtests import scenario as sc
+
+BAD_SHARES = """[bad]
+expired_qr = 0.06
+replayed_qr = 0.06
+forged_holder = 0.05
+forged_issuer = 0.05
+lost_card = 0.05
+arrears = 0.05
+unknown_device = 0.03
+"""
+
+
+def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_") or k == "TAPGATE_FASTPATH"}
+    return subprocess.run([sys.executable, "-m", "tapgate", *args], capture_output=True, text=True,
+                          timeout=timeout, env=environ)
+
+
+@pytest.fixture
+def noisy_model(tmp_path: pathlib.Path) -> pathlib.Path:
+    text = (importlib.resources.files("loadtests") / "traffic" / "yiyuan.toml").read_text(encoding="utf-8")
+    text, replaced = re.subn(r"\[bad\]\n(?:[a-z_]+ = [0-9.]+\n)+", BAD_SHARES, text)
+    assert replaced == 1
+    path = tmp_path / "noisy.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, noisy_model: pathlib.Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("loadtest", "--dsn", dsn, "--traffic", str(noisy_model), "--duration", "5", "--users", "6",
+                     "--spawn-rate", "6", "--ramp", "1", "--time-scale", "60", "--gateway-workers", "1",
+                     "--p95-ms", "2000", "--p99-ms", "5000", "--max-error-rate", "0.02", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "结果 / result: 通过 / PASSED" in result.stdout
+
+    for name in ("report.html", "locust_stats.csv", "locust_stats_history.csv", "summary.json", "check.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    check = json.loads((out / "check.json").read_text())
+    assert check["passed"], check["problems"]
+    assert check["acknowledged"] > 0
+    assert check["journal_mismatches"] == 0
+    assert check["journal_rows"] == check["acknowledged"] + check["journal_rows_unacknowledged"]
+    kinds = check["by_kind"]
+    assert kinds[sc.VALID_QR]["reasons"].get("0", 0) + kinds[sc.VALID_CARD]["reasons"].get("0", 0) > 0
+    assert sum(kinds.get(kind, {}).get("sent", 0) for kind in sc.BAD_KINDS) > 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"]
+    assert summary["totals"]["requests"] == check["sent"]
+
+    # The same run judged with an impossible p99 limit fails and names the threshold.
+    strict = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--judge-only", "--p99-ms", "0.001")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "p99 latency" in strict.stdout
+    assert "above the limit of 0.001 ms" in strict.stdout
