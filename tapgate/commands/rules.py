@@ -103,6 +103,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sim.add_argument("--no-progress", action="store_true", help="hide the progress bar / 不显示进度条")
     sim.set_defaults(handler=run_simulate)
 
+    gtfs = actions.add_parser("import-gtfs", parents=[common],
+                              help="convert GTFS Fares v2 files into a rule-set file / 将 GTFS Fares v2 文件转换为规则文件")
+    gtfs.add_argument("source", help="folder or .zip with the GTFS files / 含 GTFS 文件的目录或 .zip")
+    gtfs.add_argument("--output", "-o", required=True, metavar="FILE",
+                      help="rule-set file to write (.yaml, .yml or .json) / 输出的规则文件")
+    gtfs.add_argument("--rule-set-id", default="imported", help="id of the new rule set / 新规则集的标识")
+    gtfs.set_defaults(handler=run_import_gtfs)
+
 
 def _actor_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--actor", default=None,
@@ -312,4 +320,38 @@ def run_simulate(args: argparse.Namespace, config: Config) -> int:
     else:
         for line in format_report(report):
             print(line)
+    return 0
+
+
+def run_import_gtfs(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    import yaml
+
+    from gateway.rules.gtfs import import_gtfs
+
+    output = pathlib.Path(args.output)
+    fmt = format_for_path(output.name) if output.suffix.lower() != ".toml" else "toml"
+    if fmt == "toml":
+        raise UsageError("writing TOML is not supported: use .yaml or .json", "不支持输出 TOML：请使用 .yaml 或 .json")
+    source = pathlib.Path(args.source)
+    if not source.exists():
+        raise UsageError(f"GTFS source {source} not found", f"找不到 GTFS 数据 {source}", "check the path / 请检查路径")
+    result = import_gtfs(source, args.rule_set_id)
+    if fmt == "yaml":
+        text = yaml.safe_dump(result.document, allow_unicode=True, sort_keys=False)
+    else:
+        text = json.dumps(result.document, ensure_ascii=False, indent=2) + "\n"
+    output.write_text(text, encoding="utf-8")
+    print(f"已写入 / written: {output}")
+    for item in result.unmapped:
+        print(f"未能映射 / not mapped: {item.describe()}")
+    print(f"共 {len(result.unmapped)} 项未能完整映射 / {len(result.unmapped)} item(s) not fully mapped")
+    if result.problems:
+        for problem in result.problems:
+            print(f"✗ {problem.message_zh}", file=sys.stderr)
+            print(f"  {problem.message_en}", file=sys.stderr)
+        print("导入结果尚不是有效的规则集，请编辑后再校验 / the result is not a valid rule set yet: edit it and "
+              "validate again", file=sys.stderr)
+        return 1
     return 0

@@ -90,3 +90,14 @@ def test_publish_list_show_diff_versions(dsn: str, tmp_path: pathlib.Path) -> No
                         "--no-progress")
     assert simulated.returncode == 0, simulated.stderr
     assert "交易 / taps read: 0" in simulated.stdout
+
+
+def test_import_gtfs_writes_yaml(tmp_path: pathlib.Path) -> None:
+    feed = pathlib.Path(__file__).parent / "data" / "gtfs"
+    output = tmp_path / "imported.yaml"
+    result = run_cli("import-gtfs", str(feed), "-o", str(output), "--rule-set-id", "yy")
+    assert result.returncode == 0, result.stderr
+    assert "共 10 项未能完整映射 / 10 item(s) not fully mapped" in result.stdout
+    validated = run_cli("validate", str(output))
+    assert validated.returncode == 0, validated.stderr
+    assert "有效 / valid: yy" in validated.stdout
