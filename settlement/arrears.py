@@ -21,20 +21,27 @@ log = logging.getLogger(__name__)
 SOURCE = "settlement"
 
 
-async def debit_rejected(conn: asyncpg.Connection, account_token: bytes, amount_fen: int, carried_fen: int) -> None:
-    """Record a rejected debit. Its carried part was already outstanding; the rest is new."""
-    await conn.execute(
-        """INSERT INTO settlement_arrears (account_token, since, outstanding_fen) VALUES ($1, now(), $2)
-           ON CONFLICT (account_token) DO UPDATE
-           SET outstanding_fen = settlement_arrears.outstanding_fen + $3, updated_at = now()""",
-        account_token, amount_fen, amount_fen - max(carried_fen, 0))
+async def apply_returns(conn: asyncpg.Connection) -> None:
+    """Apply the debit outcomes staged in ``return_new`` (see :mod:`settlement.returns`) to the arrears.
 
-
-async def debit_settled(conn: asyncpg.Connection, account_token: bytes, carried_fen: int) -> None:
-    """Record a settled debit: the amount it carried from earlier debits is paid."""
-    await conn.execute(
-        """UPDATE settlement_arrears SET outstanding_fen = greatest(outstanding_fen - $2, 0), updated_at = now()
-           WHERE account_token = $1""", account_token, max(carried_fen, 0))
+    A rejected debit adds its amount to the account's outstanding amount,
+    except the part it carried from earlier debits, which was outstanding
+    already. A settled debit pays what it carried.
+    """
+    await conn.execute("""
+        INSERT INTO settlement_arrears (account_token, since, outstanding_fen)
+        SELECT account_token, now(), sum(target_fen) FROM return_new
+        WHERE side = 'debit' AND outcome = 'rejected' GROUP BY account_token
+        ON CONFLICT (account_token) DO UPDATE
+        SET outstanding_fen = settlement_arrears.outstanding_fen + (
+                SELECT sum(n.target_fen - greatest(n.carried_fen, 0)) FROM return_new n
+                WHERE n.side = 'debit' AND n.outcome = 'rejected' AND n.account_token = EXCLUDED.account_token),
+            updated_at = now()""")
+    await conn.execute("""
+        UPDATE settlement_arrears a SET outstanding_fen = greatest(a.outstanding_fen - s.paid_fen, 0), updated_at = now()
+        FROM (SELECT account_token, sum(greatest(carried_fen, 0)) AS paid_fen FROM return_new
+              WHERE side = 'debit' AND outcome = 'settled' GROUP BY account_token) s
+        WHERE a.account_token = s.account_token""")
 
 
 async def refresh(conn: asyncpg.Connection, *, grace_rides: int, grace_fen: int) -> tuple[int, int]:
