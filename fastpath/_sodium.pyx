@@ -84,7 +84,6 @@ cdef _load():
         generichash = <crypto_generichash_fn>_symbol(handle, b"crypto_generichash", missing)
         valid_point = <crypto_core_ed25519_is_valid_point_fn>_symbol(
             handle, b"crypto_core_ed25519_is_valid_point", missing)
-        version = <sodium_version_string_fn>_symbol(handle, b"sodium_version_string", missing)
         if missing:
             tried.append(f"{path}: missing symbols {', '.join(missing)}")
             continue
@@ -95,7 +94,8 @@ cdef _load():
         _sign_verify_detached = verify
         _generichash = generichash
         _is_valid_point = valid_point
-        _version_string = version
+        # PyNaCl's bundled build does not export sodium_version_string, so the version is optional.
+        _version_string = <sodium_version_string_fn>dlsym(handle, b"sodium_version_string")
         library_path = path
         return
     raise BackendError(
@@ -107,8 +107,10 @@ cdef _load():
 _load()
 
 
-def library_version() -> str:
-    """Return the version string of the libsodium in use, e.g. "1.0.20"."""
+def library_version():
+    """Return the version string of the libsodium in use, e.g. "1.0.18", or None if it does not export one."""
+    if _version_string == NULL:
+        return None
     return _version_string().decode()
 
 
