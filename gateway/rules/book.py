@@ -13,7 +13,8 @@ The steps, in order:
    tap-on, the area-to-area fare for a tap-off, or the site's product
    (scenic tickets by season);
 3. the rider category: of the categories the credential qualifies for at this
-   time, place and medium, the one with the lowest fare (ties: document order);
+   time, place and medium, the one with the lowest fare percent for the
+   product (equal percents: the first in document order);
 4. a transfer from the previous leg, if a transfer rule covers the two
    networks within its time limit, transfer count, category and medium terms;
 5. caps on the network for the current local day, week or month;
@@ -102,6 +103,8 @@ class RuleBook:
         self.operator_of_network = operator_of_network
         self.tap_off_within_ms = tap_off_within_ms
         self._reject_cache: dict[int, Price] = {}
+        self._candidates_cache: dict[str, tuple[tuple[CCategory, int], ...]] = {}
+        self._display_cache: dict[tuple[str, str, int, tuple[str, ...], bool], tuple[str, str]] = {}
 
     def __repr__(self) -> str:
         return f"<RuleBook {self.rule_set_id} v{self.version} from {self.effective_from_ms}>"
@@ -124,36 +127,11 @@ class RuleBook:
 
     def _qualifies(self, category: CCategory, ent: Any, ctx: _Context, network_id: str | None,
                    site_id: str | None, medium: int) -> bool:
-        kind = category.kind
-        if kind != KIND_ADULT:
-            if ent is None:
-                return False
-            if kind == KIND_ELDERLY or kind == KIND_CHILD:
-                if ctx.age == -1:
-                    birth = ent.birth_date
-                    ctx.age = None if birth is None else age_on(birth, ctx.local_date())
-                age = ctx.age
-                if age is None:
-                    return False
-                if category.min_age is not None and age < category.min_age:
-                    return False
-                if category.max_age is not None and age > category.max_age:
-                    return False
-            elif kind == KIND_DISABLED:
-                until = ent.disability_until
-                if until is None or until < ctx.local_date():
-                    return False
-            elif kind == KIND_PRIORITY:
-                until = ent.priority_until
-                group = ent.priority_group or 0
-                if until is None or until < ctx.local_date() or group == 0:
-                    return False
-                if category.groups is not None and group not in category.groups:
-                    return False
-            elif kind == KIND_STUDENT:
-                until = ent.student_until
-                if until is None or until < ctx.local_date():
-                    return False
+        """Return whether a rider with entitlements ``ent`` belongs to ``category`` at this tap.
+
+        The limits (place, medium, time) are checked before the entitlements
+        because they cost a set lookup, not a date comparison.
+        """
         # A category limited to networks and/or sites applies only on or at one of them.
         if category.networks is not None or category.sites is not None:
             on_network = category.networks is not None and network_id in category.networks
@@ -168,27 +146,57 @@ class RuleBook:
                     break
             else:
                 return False
-        return True
+
+        kind = category.kind
+        if kind == KIND_ADULT:
+            return True
+        if ent is None:
+            return False
+        if kind == KIND_ELDERLY or kind == KIND_CHILD:
+            if ctx.age == -1:
+                birth = ent.birth_date
+                ctx.age = None if birth is None else age_on(birth, ctx.local_date())
+            age = ctx.age
+            if age is None:
+                return False
+            if category.min_age is not None and age < category.min_age:
+                return False
+            return category.max_age is None or age <= category.max_age
+        if kind == KIND_DISABLED:
+            until = ent.disability_until
+            return until is not None and until >= ctx.local_date()
+        if kind == KIND_PRIORITY:
+            until = ent.priority_until
+            group = ent.priority_group or 0
+            if until is None or until < ctx.local_date() or group == 0:
+                return False
+            return category.groups is None or group in category.groups
+        if kind == KIND_STUDENT:
+            until = ent.student_until
+            return until is not None and until >= ctx.local_date()
+        return False
+
+    def _candidates(self, product: CProduct) -> tuple[tuple[CCategory, int], ...]:
+        """Return the categories allowed for ``product`` with their percent, cheapest first.
+
+        The fare grows with the percent, so the first qualifying candidate has
+        the lowest fare; equal percents keep document order.
+        """
+        cached = self._candidates_cache.get(product.product_id)
+        if cached is None:
+            pairs = [(c, product.category_percent.get(c.category_id, c.percent)) for c in self.categories
+                     if product.eligible is None or c.category_id in product.eligible]
+            pairs.sort(key=lambda pair: (pair[1], pair[0].order))
+            cached = self._candidates_cache[product.product_id] = tuple(pairs)
+        return cached
 
     def _choose_category(self, product: CProduct, full_fen: int, ent: Any, ctx: _Context,
                          network_id: str | None, site_id: str | None,
                          medium: int) -> tuple[CCategory, int] | None:
-        best: CCategory | None = None
-        best_fare = 0
-        eligible = product.eligible
-        overrides = product.category_percent
-        for category in self.categories:
-            if eligible is not None and category.category_id not in eligible:
-                continue
-            if not self._qualifies(category, ent, ctx, network_id, site_id, medium):
-                continue
-            percent = overrides.get(category.category_id, category.percent) if overrides else category.percent
-            fare = (full_fen * percent + 50) // 100
-            if best is None or fare < best_fare:
-                best, best_fare = category, fare
-        if best is None:
-            return None
-        return best, best_fare
+        for category, percent in self._candidates(product):
+            if category.kind == KIND_ADULT or self._qualifies(category, ent, ctx, network_id, site_id, medium):
+                return category, (full_fen * percent + 50) // 100
+        return None
 
     def _apply_caps(self, caps: tuple[CCap, ...], category_id: str, fare: int, ctx: _Context,
                     spends: tuple[CapSpend, ...]) -> tuple[int, tuple[CapSpend, ...], CCap | None]:
@@ -421,6 +429,16 @@ class RuleBook:
 
     def _display(self, category: CCategory, product: CProduct, fare: int, kinds: list[str],
                  tap_on: bool) -> tuple[str, str]:
+        key = (category.category_id, product.product_id, fare, tuple(kinds), tap_on)
+        cached = self._display_cache.get(key)
+        if cached is None:
+            if len(self._display_cache) >= 10_000:
+                self._display_cache.clear()
+            cached = self._display_cache[key] = self._compose_display(category, product, fare, kinds, tap_on)
+        return cached
+
+    def _compose_display(self, category: CCategory, product: CProduct, fare: int, kinds: list[str],
+                         tap_on: bool) -> tuple[str, str]:
         zh_fare, en_fare = fare_text(fare)
         if product.kind == "venue_entry" and fare == 0:
             # Free entry for everyone: the product says more than the category.
