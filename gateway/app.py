@@ -16,7 +16,8 @@ from typing import Any, Awaitable, Callable
 import asyncpg
 import msgspec
 
-from gateway import auth, http_metrics
+from gateway import auth, denylist, http_metrics
+from gateway.errors import DatabaseError
 from gateway.http import Request, Response
 from gateway.http_schema import (DenyEntry, DenyListAnswer, ErrorAnswer, ErrorDetail, TapAnswer, TapBatchAnswer,
                                  TapBatchRequest, TapRequest)
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 
 JSON = b"application/json"
 MSGPACK = b"application/msgpack"
-DENY_LIST_PAGE_MAX = 10_000
 
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
@@ -279,7 +279,8 @@ class GatewayApp:
         timeout_s = self.config.database.connect_timeout_s
         try:
             return await asyncio.wait_for(self.pipeline.process(device, tap, received_at_ms), timeout_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError, ConnectionError) as exc:
+        except (DatabaseError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            # DatabaseError includes the journal's JournalUnavailable; OSError includes ConnectionError.
             self.worker.note_database_error(exc)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
 
@@ -291,18 +292,13 @@ class GatewayApp:
         await self._nonce_ok(claim)
         try:
             async with self.worker.pool.acquire(timeout=self.config.database.connect_timeout_s) as conn:
-                rows = await conn.fetch(
-                    "SELECT kind, subject, active, version FROM deny_list WHERE version > $1 "
-                    "ORDER BY version LIMIT $2", since, DENY_LIST_PAGE_MAX + 1)
+                changes = await denylist.delta(conn, since)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.worker.note_database_error(exc)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
-        more = len(rows) > DENY_LIST_PAGE_MAX
-        rows = rows[:DENY_LIST_PAGE_MAX]
-        entries = [DenyEntry(kind=r["kind"], subject=bytes(r["subject"]).hex(), active=r["active"],
-                             version=r["version"]) for r in rows]
-        version = entries[-1].version if entries else since
-        answer = DenyListAnswer(since=since, version=version, entries=entries, more=more)
+        entries = [DenyEntry(kind=e.kind, subject=e.subject.hex(), active=e.active, version=e.version)
+                   for e in changes.entries]
+        answer = DenyListAnswer(since=since, version=changes.version, entries=entries, more=changes.more)
         content_type = _answer_type(request)
         return Response(200, encode_body(answer, content_type), content_type)
 

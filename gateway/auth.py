@@ -133,6 +133,9 @@ class NonceGuard:
     def claim(self, nonce: bytes, device_id: str, ts_ms: int) -> asyncio.Future[bool]:
         """Return a future: True if the nonce is new everywhere, False if it was used before."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        # A request that fails for another reason never awaits its claim; mark a
+        # failed claim as retrieved so asyncio does not report it as lost.
+        future.add_done_callback(_retrieve)
         if nonce in self._seen:
             future.set_result(False)
             return future
@@ -178,6 +181,11 @@ class NonceGuard:
         self._last_prune = now
         horizon = now - 2 * self._window_s
         self._seen = {nonce: seen for nonce, seen in self._seen.items() if seen >= horizon}
+
+
+def _retrieve(future: asyncio.Future[bool]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def delete_old_nonces(conn: asyncpg.Connection, window_s: float) -> int:

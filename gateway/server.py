@@ -29,10 +29,14 @@ from gateway import db, http_metrics
 from gateway.app import GatewayApp, plain_error_response
 from gateway.auth import NonceGuard, delete_old_nonces
 from gateway.config import Config
+from gateway.denylist import DenyList
 from gateway.devices import DeviceRegistry
 from gateway.http import ConnectionSet, HttpProtocol
+from gateway.journal import Journal
+from gateway.keyring_store import build_key_ring, load_issuer_keys_if_changed
 from gateway.logs import log_event
 from gateway.pipeline import TapPipeline
+from gateway.rules import store
 from gateway.timeutil import parse_cutoff
 
 log = logging.getLogger(__name__)
@@ -104,8 +108,6 @@ class Worker:
 
     async def start(self) -> None:
         """Connect, load everything, start the journal and listen; raise if any of it fails."""
-        from gateway.journal import Journal
-
         database = self.config.database
         self.pool = await db.create_pool(self.dsn, min_size=database.pool_min, max_size=database.pool_max,
                                          timeout_s=database.connect_timeout_s)
@@ -150,38 +152,26 @@ class Worker:
     async def _refresh_keys(self, conn: asyncpg.Connection) -> None:
         import fastpath
 
-        rows = await conn.fetch(
-            "SELECT key_id, public_key, status, retired_at FROM issuer_keys ORDER BY key_id")
-        marker = tuple((r["key_id"], bytes(r["public_key"]), r["status"], r["retired_at"]) for r in rows)
-        if marker == self.components.keys_marker:
+        keyset = await load_issuer_keys_if_changed(conn, self.components.keys_marker)
+        if keyset is None:
             return
         self.update_cache_metrics()
-        ring = fastpath.KeyRing()
-        for key_id, public_key, status, retired_at in marker:
-            retired_at_ms = int(retired_at.timestamp() * 1000) if retired_at is not None else None
-            if status == "retired" and retired_at_ms is None:
-                # A retired key without a time verifies nothing issued after "now".
-                retired_at_ms = int(time.time() * 1000)
-            ring.add(key_id, public_key, status, retired_at_ms if status == "retired" else None)
         fp = self.config.fastpath
+        # A new verifier starts with an empty credential cache, so a revoked key verifies nothing from now on.
         self.components.verifier = fastpath.Verifier(
-            ring, clock_skew_s=fp.clock_skew_s, code_lifetime_s=fp.code_lifetime_s,
+            build_key_ring(keyset), clock_skew_s=fp.clock_skew_s, code_lifetime_s=fp.code_lifetime_s,
             offline_upload_max_s=fp.offline_upload_max_s, cache_size=fp.credential_cache_size)
-        self.components.keys_marker = marker
+        self.components.keys_marker = keyset.marker
         self._cache_seen = (0, 0)
         if self.pipeline is not None:
-            log_event(log, logging.INFO, "worker.keys_reloaded", worker=self.name, keys=len(marker))
+            log_event(log, logging.INFO, "worker.keys_reloaded", worker=self.name, keys=len(keyset.keys))
 
     async def _refresh_deny(self, conn: asyncpg.Connection) -> None:
-        from gateway.denylist import DenyList
-
         if self.components.deny is None:
             self.components.deny = DenyList()
         await self.components.deny.refresh(conn)
 
     async def _refresh_rules(self, conn: asyncpg.Connection) -> None:
-        from gateway.rules import store
-
         marker = self.components.rules_marker
         if marker is not None and not await store.rules_changed_since(conn, marker):
             return

@@ -37,7 +37,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def test_config(**server: Any) -> Config:
+def worker_config(**server: Any) -> Config:
     """Configuration of an in-process test worker: loopback, free port, fast refresh."""
     settings = {"host": "127.0.0.1", "port": 0, "refresh_interval_s": 0.2, "request_timeout_s": 2.0,
                 "shutdown_timeout_s": 5.0, "device_rate_per_s": 1000.0, "device_rate_burst": 1000}
@@ -129,7 +129,7 @@ async def seed(dsn: str) -> tuple[IssuerKey, DeviceCredentials, DeviceCredential
 @pytest.fixture
 async def gateway_env(dsn: str) -> AsyncIterator[GatewayEnv]:
     issuer, validator, gate = await seed(dsn)
-    worker = Worker(test_config(), dsn, name="test-worker")
+    worker = Worker(worker_config(), dsn, name="test-worker")
     await worker.start()
     try:
         yield GatewayEnv(dsn, worker, issuer, validator, gate)

@@ -215,10 +215,10 @@ async def test_malformed_json_gets_400(gateway_env: GatewayEnv) -> None:
 
 async def test_rate_limit_gets_429_with_retry_after(dsn: str) -> None:
     from gateway.server import Worker
-    from tests.gateway.conftest import GatewayEnv as Env, seed, test_config
+    from tests.gateway.conftest import GatewayEnv as Env, seed, worker_config
 
     issuer, validator, gate = await seed(dsn)
-    worker = Worker(test_config(device_rate_per_s=1.0, device_rate_burst=2), dsn)
+    worker = Worker(worker_config(device_rate_per_s=1.0, device_rate_burst=2), dsn)
     await worker.start()
     env = Env(dsn, worker, issuer, validator, gate)
     try:
