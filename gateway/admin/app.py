@@ -45,7 +45,7 @@ _encoder = msgspec.json.Encoder()
 
 
 class AdminError(Exception):
-    """An error answer raised inside a handler; the middleware turns it into bilingual JSON."""
+    """An error response raised inside a handler, which the middleware turns into bilingual JSON."""
 
     def __init__(self, status: int, code: str, message_en: str, message_zh: str, hint: str = "",
                  problems: list[dict[str, Any]] | None = None) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.reasons import DISPLAY, Reason
 from gateway.rules.compiled import (KIND_ADULT, KIND_CHILD, KIND_DISABLED, KIND_ELDERLY, KIND_PRIORITY,
-                                    KIND_STUDENT, WEEKEND, WORKDAY, CAreaFare, CCap, CCategory, CProduct, CRoute,
+                                    KIND_STUDENT, PERIOD_MONTH, WEEKEND, WORKDAY, CAreaFare, CCap, CCategory, CProduct, CRoute,
                                     CSite, CTransfer, period_key)
 from gateway.rules.localtime import age_on, epoch_day_to_date, local_day_and_minute
 from gateway.rules.schema import RuleSetDocument
@@ -206,7 +206,7 @@ class RuleBook:
         for cap in caps:
             if cap.categories is not None and category_id not in cap.categories:
                 continue
-            key = period_key(cap.period, ctx.epoch_day, ctx.local_date() if cap.period == 2 else None)
+            key = period_key(cap.period, ctx.epoch_day, ctx.local_date() if cap.period == PERIOD_MONTH else None)
             spent = 0
             for spend in spends:
                 if spend.cap_id == cap.cap_id and spend.period_key == key:
@@ -342,7 +342,7 @@ class RuleBook:
         off_area = self.stop_areas.get(request.stop_id, "")  # type: ignore[arg-type]
         fare_entry = self.area_fares.get((trip.network_id, trip.area_id, off_area))
         if (route is not None and route.network_id != trip.network_id) or fare_entry is None:
-            # Unknown alighting stop: the maximum fare charged at the tap-on stands.
+            # Unknown alighting stop: the maximum fare charged at the tap-on remains.
             state, _ = self._drop_open_trip(state)
             return Price(reason=0, rider_category=trip.category_id, product_id=trip.product_id,
                          display_zh="按最高票价", display_en="Max fare kept",
@@ -441,7 +441,7 @@ class RuleBook:
                          tap_on: bool) -> tuple[str, str]:
         zh_fare, en_fare = fare_text(fare)
         if product.kind == "venue_entry" and fare == 0:
-            # Free entry for everyone: the product says more than the category.
+            # Free entry for everyone: the product name describes the entry better than the category.
             zh, en = [product.name_zh], [product.name_en]
         else:
             zh, en = [category.name_zh], [category.name_en]
@@ -476,7 +476,8 @@ def _add_spend(spends: tuple[CapSpend, ...], keyed: list[tuple[CCap, int, int]],
 def _correct_spends(spends: tuple[CapSpend, ...], caps: tuple[CCap, ...], category_id: str, ctx: _Context,
                     delta: int) -> tuple[CapSpend, ...]:
     """Add ``delta`` (negative: a refund) to the cap periods that the tap-on counted in."""
-    keys = {cap.cap_id: period_key(cap.period, ctx.epoch_day, ctx.local_date() if cap.period == 2 else None)
+    keys = {cap.cap_id: period_key(cap.period, ctx.epoch_day,
+                                   ctx.local_date() if cap.period == PERIOD_MONTH else None)
             for cap in caps if cap.categories is None or category_id in cap.categories}
     return tuple(CapSpend(s.cap_id, s.period_key, max(0, s.spent_fen + delta))
                  if keys.get(s.cap_id) == s.period_key else s for s in spends)

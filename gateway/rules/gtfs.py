@@ -6,10 +6,12 @@ fare_transfer_rules, timeframes (a folder or a .zip). The result is a plain
 document (dicts and lists) for an editor to review, complete and save as
 TOML or YAML; it is not published by the import.
 
-What GTFS cannot say and the import therefore cannot fill in: who belongs to
-a rider category (GTFS links to an eligibility web page; the import guesses
-the kind from the name and reports each guess), day types (GTFS timeframes
-refer to service calendars), caps, seasons, sites and one entry per day.
+GTFS does not define some of what a rule set needs, so the import cannot
+fill it in. Who belongs to a rider category is one: GTFS links to an
+eligibility web page, so the import guesses the kind from the name and
+reports each guess. Day types are another, because GTFS timeframes refer to
+service calendars. Caps, seasons, sites and one entry per day are not in
+GTFS at all.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class Unmapped(msgspec.Struct, frozen=True, kw_only=True):
 class GtfsImport(msgspec.Struct, kw_only=True):
     document: dict[str, Any]
     unmapped: list[Unmapped]
-    # Problems of the imported document as it stands; an editor must fix them before saving a draft.
+    # Problems of the imported document, which an editor must fix before saving it as a draft.
     problems: list[RuleProblem]
 
 

@@ -64,8 +64,8 @@ def age_on(birth: dt.date, day: dt.date) -> int:
     """Return the age in whole years on ``day``; the birthday itself counts.
 
     Someone born on 29 February becomes a year older on 1 March in common
-    years, because 28 February is before the birthday: they reach 65 on
-    1 March of the year they turn 65 unless that year is a leap year.
+    years, because 28 February is before the birthday. In a leap year they
+    become older on 29 February itself.
     """
     years = day.year - birth.year
     if (day.month, day.day) < (birth.month, birth.day):

@@ -174,6 +174,8 @@ async def simulate(conn: asyncpg.Connection, draft: RuleBook, first_day: dt.date
                 price, new_state = draft.price(request, state)
                 baseline_accepted = tap["decision"] == 1
                 if baseline_accepted:
+                    # TODO: add the journal's tap-off adjustment here once taps stores it; until then the
+                    # baseline counts a tap-on's maximum fare while the draft counts the corrected fare.
                     row = _row(rows, tap["operator_id"], tap["rider_category"] or "")
                     row.baseline_taps += 1
                     row.baseline_revenue_fen += tap["fare_fen"]

@@ -38,7 +38,7 @@ class PricingRequest(msgspec.Struct, kw_only=True, gc=False):
 
 
 class Price(msgspec.Struct, kw_only=True, gc=False):
-    """What a tap costs.
+    """The price of one tap.
 
     ``fare_fen`` is charged for this tap and ``full_fare_fen`` is what an
     adult without discounts would pay; settlement claims the difference as a
@@ -57,9 +57,11 @@ class Price(msgspec.Struct, kw_only=True, gc=False):
     display_zh: str = ""
     display_en: str = ""
     rule_set_version: int | None = None
+    # TODO: the journal (taps) has no columns for the two adjustments yet, so a
+    # tap-off's credit is not recorded and settlement charges the tap-on's maximum fare.
     adjustment_fen: int = 0
     full_fare_adjustment_fen: int = 0
-    # The rider's previous tap-on had no tap-off: its maximum fare stands.
+    # The rider's previous tap-on had no tap-off, so its maximum fare remains charged.
     unmatched_trip_closed: bool = False
 
     @property

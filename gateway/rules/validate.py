@@ -95,8 +95,12 @@ _PATTERN_TEXT = {
 def describe(info: mi.Type) -> tuple[str, str]:
     """Return (English, Chinese) descriptions of what ``info`` accepts."""
     if isinstance(info, mi.IntType):
-        low = info.ge if info.ge is not None else (info.gt + 1 if info.gt is not None else None)
-        high = info.le if info.le is not None else (info.lt - 1 if info.lt is not None else None)
+        low = info.ge
+        if low is None and info.gt is not None:
+            low = info.gt + 1
+        high = info.le
+        if high is None and info.lt is not None:
+            high = info.lt - 1
         if low is not None and high is not None:
             return f"an integer from {low} to {high}", f"{low} 到 {high} 之间的整数"
         if low is not None:

@@ -1,7 +1,7 @@
 """``tapgate rules``: validate, diff, draft, publish, roll back, list, show and simulate fare rule sets.
 
-A rule set is given either as a file (TOML, YAML or JSON, told apart by the
-file name) or as a stored version number. Effective times are local time
+A rule set is given either as a file (TOML, YAML or JSON, recognised by the
+file name extension) or as a stored version number. Effective times are local time
 (Asia/Shanghai) unless they carry an offset.
 """
 
