@@ -4,7 +4,8 @@ Same classes, same checks in the same order, same verdicts: the test suite
 runs against both and hypothesis compares them on random and mutated input.
 Signatures are checked by libsodium through PyNaCl, which keeps libsodium's
 strict rules (non-canonical encodings and small-order points rejected).
-Select it with ``TAPGATE_FASTPATH=python``; it is several times slower.
+Select it with ``TAPGATE_FASTPATH=python``. It is slower: docs/benchmarks.md
+has the numbers.
 """
 
 from __future__ import annotations

@@ -226,7 +226,8 @@ class _Holder:
         """Make a holder key pair and have ``cred_issuer`` issue a credential for it.
 
         Defaults: random tokens and credential id, an adult born 1990-01-01
-        with no concessions, valid from now for 365 days.
+        with no concessions, valid from now for 365 days, and issued at the
+        start of validity.
         """
         import datetime as dt
 
