@@ -79,9 +79,19 @@ async def _serve(config: Config, dsn: str, index: int, port: int, events: Any) -
         log_event(log, logging.ERROR, "worker.start_failed", worker=name, error=exc)
         return 2
     events.put(("ready", index, os.getpid(), ""))
+    orphan_watch = loop.create_task(_watch_parent(os.getppid(), stop))
     await stop.wait()
+    orphan_watch.cancel()
     clean = await worker.drain()
     return 0 if clean else 3
+
+
+async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
+    """Stop the worker when its supervisor is gone (killed with SIGKILL, say), so no orphan keeps the port."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(1.0)
+    log_event(log, logging.ERROR, "worker.supervisor_gone", parent_pid=parent_pid)
+    stop.set()
 
 
 class Supervisor:

@@ -72,8 +72,12 @@ async def serve(dsn: str, tmp_path: pathlib.Path, workers: int = 2,
         yield server
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait()
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(process.wait, 30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 async def make_env(dsn: str, port: int) -> GatewayEnv:
@@ -186,3 +190,22 @@ async def test_dead_worker_is_restarted(dsn: str, tmp_path: pathlib.Path) -> Non
         log = server.log()
     assert statuses == [200] * 8
     assert "supervisor.worker_died" in log
+
+
+async def test_workers_exit_when_supervisor_killed(dsn: str, tmp_path: pathlib.Path) -> None:
+    await seed(dsn)
+    async with serve(dsn, tmp_path, workers=2) as server:
+        workers = server.worker_pids()
+        server.process.kill()
+        server.process.wait()
+        deadline = time.monotonic() + 20
+        while any(is_worker(pid) for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            await asyncio.sleep(0.2)
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
