@@ -1,35 +1,70 @@
-"""``tapgate demo``: the end-to-end run a new user starts with.
-
-TODO: at this stage it starts the database and applies migrations only; the
-day of signed taps through the gateway and settlement is still to be built.
-"""
+"""``tapgate demo``: run a compressed day of Yiyuan traffic end to end (see :mod:`tapgate.demo`)."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import datetime as dt
+import pathlib
 
-from gateway import db
 from gateway.config import Config
-from tapgate import runtime
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r} / 应为不小于 1 的整数")
+    return value
+
+
+def _day(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid day {text!r}: expected YYYY-MM-DD / 日期应为 YYYY-MM-DD") from None
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     demo = subparsers.add_parser(
         "demo", parents=[common],
-        help="run a day of Yiyuan traffic end to end / 端到端运行沂源一天的交通数据",
-        description="Start PostgreSQL (embedded unless --dsn is given), migrate, and run the demo day. "
-                    "/ 启动 PostgreSQL（未指定 --dsn 时使用内嵌服务器），执行迁移并运行演示。")
-    demo.set_defaults(handler=run_demo)
+        help="run a compressed day of Yiyuan traffic end to end / 端到端运行压缩的沂源一日交通",
+        description="Start a fresh PostgreSQL (embedded in OUT/pgdata, or the database tapgate_demo created "
+                    "afresh on the --dsn server), provision issuer keys, the illustrative Yiyuan rule set, "
+                    "operators, devices and holders, start the gateway workers, send yesterday's traffic "
+                    "compressed into about a minute over HTTP, settle the day, verify the journal chain and "
+                    "write a report. Exits 1 if an invariant fails. "
+                    "/ 启动全新的 PostgreSQL（内嵌于 OUT/pgdata，或在 --dsn 所指服务器上重建 tapgate_demo 数据库），"
+                    "生成发卡密钥、沂源示例票价规则、运营单位、设备和持卡人，启动网关进程，通过 HTTP 发送压缩为约一分钟的"
+                    "昨日交通，完成日结清算，校验流水哈希链并生成报告。任一不变量不满足时退出码为 1。")
+    group = demo.add_argument_group("demo options / 演示选项")
+    group.add_argument("--holders", type=_positive, default=2000, metavar="N",
+                       help="cardholders to issue credentials for (default 2000) / 持卡人数")
+    group.add_argument("--taps", type=_positive, default=6000, metavar="N",
+                       help="taps in the simulated day, about (default 6000) / 模拟一天的交易笔数（约数）")
+    group.add_argument("--workers", type=_positive, default=2, metavar="N",
+                       help="gateway worker processes (default 2) / 网关工作进程数")
+    group.add_argument("--seed", type=int, default=1, metavar="N",
+                       help="seed of the population and the day's plan; the same seed gives the same day "
+                            "(default 1) / 随机种子，相同种子生成相同的一天")
+    group.add_argument("--out", type=pathlib.Path, default=pathlib.Path("demo-out"), metavar="DIR",
+                       help="output directory, emptied first if an earlier demo made it (default ./demo-out) "
+                            "/ 输出目录，默认 ./demo-out")
+    group.add_argument("--day", type=_day, metavar="YYYY-MM-DD",
+                       help="business day to simulate, an ended day of the last few days (default yesterday, "
+                            "local time) / 模拟的营业日，默认昨天")
+    group.add_argument("--concurrency", type=_positive, default=48, metavar="N",
+                       help="requests in flight at once across all devices (default 48) / 同时进行中的请求数")
+    group.add_argument("--no-report", action="store_true",
+                       help="skip the HTML report and its charts / 不生成 HTML 报告")
+    demo.set_defaults(handler=run)
 
 
-def run_demo(args: argparse.Namespace, config: Config) -> int:
-    with runtime.database(config) as dsn:
-        version = asyncio.run(_server_version(dsn))
-        print(f"数据库已就绪 / database ready: {db.redact_dsn(dsn)} ({version})")
-    return 0
+def run(args: argparse.Namespace, config: Config) -> int:
+    from tapgate.demo.run import DemoOptions, run_demo
 
-
-async def _server_version(dsn: str) -> str:
-    async with db.connection(dsn) as conn:
-        return await conn.fetchval("SHOW server_version")
+    options = DemoOptions(holders=args.holders, taps=args.taps, workers=args.workers, seed=args.seed,
+                          out=args.out, day=args.day, concurrency=args.concurrency, report=not args.no_report,
+                          config_file=args.config)
+    return run_demo(options, config)

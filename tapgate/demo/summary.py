@@ -1,0 +1,198 @@
+"""The figures of a demo day, gathered once for the printed summary, summary.json and the HTML report."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from gateway.reasons import Reason
+from settlement.isofiles import format_yuan
+from tapgate.demo import plan as p
+from tapgate.demo.checks import Check
+from tapgate.demo.dayend import DayEnd
+from tapgate.demo.drive import DriveResult
+from tapgate.demo.world import World
+
+# Display names of the demo's rider categories and of the rule set's categories.
+CATEGORY_NAMES = {
+    "adult": ("成人", "adult"), "elderly-60-64": ("老年人 60–64 岁", "elderly 60–64"),
+    "elderly-65+": ("老年人 65 岁及以上", "elderly 65+"), "disabled": ("残疾人", "disabled"),
+    "priority": ("优抚对象", "priority group"), "student": ("学生", "student"), "child": ("儿童", "child"),
+    "senior-60": ("老年人 60–64 岁", "senior 60–64"), "senior-65": ("老年人 65 岁及以上", "senior 65+"),
+    "senior-65-visit": ("老年人 65 岁及以上（景区）", "senior 65+ (scenic)"),
+}
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Return the ``fraction`` quantile of ``values`` (nearest rank), 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
+    return ordered[rank]
+
+
+def category_name(category: str | None) -> str:
+    zh, en = CATEGORY_NAMES.get(category or "", (category or "-", category or "-"))
+    return f"{zh} / {en}"
+
+
+@dataclasses.dataclass
+class Summary:
+    day: dt.date
+    seed: int
+    holders: int
+    holders_by_category: dict[str, int]
+    devices: int
+    workers: int
+    taps: int
+    requests: int
+    retries: int
+    offline_taps: int
+    offline_batches: int
+    duration_s: float
+    taps_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    # (decision, reason code, reason name) -> taps; HTTP refusals have decision "http_<status>".
+    decisions: list[tuple[str, int, str, int]]
+    taps_by_kind: dict[str, int]
+    taps_by_hour: dict[str, list[int]]
+    revenue: list[dict[str, Any]]
+    subsidies: list[dict[str, Any]]
+    settlement: dict[str, Any]
+    bank_files: list[str]
+    claim_files: list[str]
+    chain: dict[str, int | bool]
+    checks: list[Check]
+    total_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+
+def _decisions(drive: DriveResult) -> list[tuple[str, int, str, int]]:
+    counts: collections.Counter[tuple[str, int, str]] = collections.Counter()
+    for result in drive.results:
+        if result.http_status == 200 and result.decision is not None:
+            counts[(result.decision, int(result.reason or 0), result.reason_name or "")] += 1
+        else:
+            counts[(f"http_{result.http_status}", -1, result.error or "")] += 1
+    return [(decision, reason, name, count)
+            for (decision, reason, name), count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
+def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: DayEnd, checks: list[Check], *,
+                  seed: int, workers: int) -> Summary:
+    single = [r.latency_s * 1000 for r in drive.results if r.http_status == 200 and not r.tap.offline]
+    hours: dict[str, list[int]] = {sector: [0] * 24 for sector in ("urban", "county", "scenic", "venue")}
+    for tap in plan.taps:
+        hour = dt.datetime.fromtimestamp(tap.tap_time_ms / 1000, tz=dt.timezone(dt.timedelta(hours=8))).hour
+        hours[tap.sector][hour] += 1
+    names = {op.operator_id: (op.name_zh, op.name_en) for op in world.model.operators}
+    revenue = [{"operator_id": line.operator_id, "name_zh": names.get(line.operator_id, ("", ""))[0],
+                "name_en": names.get(line.operator_id, ("", ""))[1], "taps": line.taps, "fare_fen": line.fare_fen,
+                "subsidy_fen": line.subsidy_fen, "fee_fen": line.fee_fen, "credit_fen": line.credit_fen}
+               for line in day_end.operators]
+    by_category: dict[str, dict[str, int]] = {}
+    for line in day_end.claim.lines:
+        entry = by_category.setdefault(line.rider_category, {"rides": 0, "free_rides": 0, "discounted_rides": 0,
+                                                             "full_fare_fen": 0, "subsidy_fen": 0})
+        entry["rides"] += line.rides
+        entry["free_rides"] += line.free_rides
+        entry["discounted_rides"] += line.discounted_rides
+        entry["full_fare_fen"] += line.full_fare_fen
+        entry["subsidy_fen"] += line.subsidy_fen
+    subsidies = [{"rider_category": name, **values}
+                 for name, values in sorted(by_category.items(), key=lambda item: -item[1]["subsidy_fen"])]
+    result = day_end.settlement
+    totals = day_end.totals
+    return Summary(
+        day=plan.day, seed=seed, holders=len(world.holders),
+        holders_by_category=dict(collections.Counter(h.category for h in world.holders)),
+        devices=len(world.devices), workers=workers, taps=len(drive.results), requests=drive.requests,
+        retries=drive.retries, offline_taps=sum(1 for t in plan.taps if t.offline),
+        offline_batches=sum(1 for d in plan.dispatches if d.offline), duration_s=drive.duration_s,
+        taps_per_s=len(drive.results) / drive.duration_s if drive.duration_s else 0.0,
+        latency_p50_ms=percentile(single, 0.50), latency_p99_ms=percentile(single, 0.99),
+        latency_max_ms=max(single, default=0.0),
+        decisions=_decisions(drive), taps_by_kind=dict(collections.Counter(t.kind for t in plan.taps)),
+        taps_by_hour=hours, revenue=revenue, subsidies=subsidies,
+        settlement={"debits": result.debits, "debit_fen": result.debit_fen, "held_debits": result.held_debits,
+                    "credits": result.credits, "credit_fen": result.credit_fen, "fee_fen": result.fee_fen,
+                    "carried_fen": totals.carried_fen},
+        bank_files=list(result.files), claim_files=[str(path) for path in day_end.claim_files],
+        chain={"ok": day_end.chain.ok, "batches": day_end.chain.batches_checked,
+               "rows": day_end.chain.rows_checked, "problems": len(day_end.chain.problems)},
+        checks=checks)
+
+
+def reason_label(decision: str, reason: int, name: str) -> str:
+    if decision.startswith("http_"):
+        return f"HTTP {decision[5:]} {name}".strip()
+    if decision == "accepted":
+        return "接受 / accepted"
+    zh = ""
+    try:
+        from gateway.reasons import DISPLAY
+
+        zh = DISPLAY[Reason(reason)][0]
+    except (ValueError, KeyError):
+        pass
+    return f"拒绝 / rejected {reason} {name} {zh}".rstrip()
+
+
+def format_summary(summary: Summary) -> str:
+    """Return the printed summary, Chinese with English beside it."""
+    lines = [
+        "",
+        f"=== 沂源一日演示 / Yiyuan demo day {summary.day} (seed {summary.seed}) ===",
+        f"持卡人 holders {summary.holders}，设备 devices {summary.devices}，网关进程 gateway workers {summary.workers}",
+        f"交易 taps {summary.taps}（离线补传 offline {summary.offline_taps}，{summary.offline_batches} 批 batches），"
+        f"请求 requests {summary.requests}，重试 retries {summary.retries}",
+        f"用时 drive time {summary.duration_s:.1f} s，吞吐 {summary.taps_per_s:.0f} 笔/秒 taps/s，"
+        f"延迟 latency p50 {summary.latency_p50_ms:.1f} ms，p99 {summary.latency_p99_ms:.1f} ms",
+        "",
+        "交易结果 / decisions by reason:",
+    ]
+    for decision, reason, name, count in summary.decisions:
+        lines.append(f"  {count:>7}  {reason_label(decision, reason, name)}")
+    lines += ["", "运营单位收入 / revenue per operator (元 yuan):",
+              f"  {'运营单位 operator':<22}{'笔数 taps':>10}{'票款 fares':>12}{'补贴 subsidy':>14}"
+              f"{'手续费 fees':>12}{'付款 credit':>13}"]
+    for row in summary.revenue:
+        lines.append(f"  {row['operator_id']:<22}{row['taps']:>10}{format_yuan(row['fare_fen']):>12}"
+                     f"{format_yuan(row['subsidy_fen']):>14}{format_yuan(row['fee_fen']):>12}"
+                     f"{format_yuan(row['credit_fen']):>13}  {row['name_zh']}")
+    lines += ["", "按乘客类别的补贴 / subsidies per rider category (元 yuan):"]
+    for row in summary.subsidies:
+        lines.append(f"  {category_name(row['rider_category']):<34} 次数 rides {row['rides']:>6}  "
+                     f"全价 full fare {format_yuan(row['full_fare_fen']):>10}  补贴 subsidy "
+                     f"{format_yuan(row['subsidy_fen']):>10}")
+    settlement = summary.settlement
+    lines += ["",
+              f"清算 settlement: 扣款 debits {settlement['debits']} 笔 {format_yuan(settlement['debit_fen'])} 元"
+              f"（暂缓 held {settlement['held_debits']}），付款 credits {settlement['credits']} 笔 "
+              f"{format_yuan(settlement['credit_fen'])} 元，银行文件 bank files {len(summary.bank_files)}",
+              f"流水哈希链 journal chain: {'通过 verified' if summary.chain['ok'] else '损坏 BROKEN'}"
+              f"（{summary.chain['batches']} 批 batches，{summary.chain['rows']} 行 rows）",
+              "", "检查 / checks:"]
+    for check in summary.checks:
+        mark = "通过 ok  " if check.ok else "失败 FAIL"
+        lines.append(f"  [{mark}] {check.name_zh} / {check.name_en}" + (f" — {check.detail}" if check.detail else ""))
+    return "\n".join(lines)
+
+
+def summary_json(summary: Summary) -> dict[str, Any]:
+    data = dataclasses.asdict(summary)
+    data["day"] = summary.day.isoformat()
+    data["ok"] = summary.ok
+    data["decisions"] = [{"decision": d, "reason": r, "reason_name": n, "taps": c} for d, r, n, c in summary.decisions]
+    return data
+
+
+__all__ = ["Summary", "build_summary", "format_summary", "percentile", "summary_json"]
