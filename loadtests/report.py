@@ -112,6 +112,7 @@ def draw_chart(history: History, path: pathlib.Path, title: str, thresholds: Thr
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (rate_axis, latency_axis, users_axis) = plt.subplots(
         3, 1, sharex=True, figsize=(10, 8), height_ratios=(3, 3, 1.3), layout="constrained")
@@ -134,6 +135,7 @@ def draw_chart(history: History, path: pathlib.Path, title: str, thresholds: Thr
     latency_axis.grid(alpha=0.3)
 
     users_axis.step(history.elapsed_s, history.users, where="post", color="tab:gray")
+    users_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     users_axis.set_ylabel("devices")
     users_axis.set_xlabel("seconds since start")
     users_axis.grid(alpha=0.3)

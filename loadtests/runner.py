@@ -34,7 +34,6 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.logs import log_event
 from loadtests import check, fixture, report
 from loadtests import scenario as sc
-from loadtests.shapes import STEPPED_RESULT
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def judge(options: Options, dsn: str, run_fixture: fixture.Fixture) -> int:
                         "wrong_outcomes": correctness.wrong_outcomes,
                         "journal_mismatches": correctness.journal_mismatches},
     }
-    stepped = out / STEPPED_RESULT
+    stepped = out / sc.STEPPED_RESULT
     if stepped.exists():
         summary["stepped"] = json.loads(stepped.read_text(encoding="utf-8"))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -25,6 +25,8 @@ import msgspec
 from gateway.errors import ConfigError
 
 SPEC_ENV = "TAPGATE_LOADTEST_SPEC"
+# File in the output directory where the stepped shape writes its result.
+STEPPED_RESULT = "stepped.json"
 
 # Kinds of traffic a simulated device sends, with the outcome each must get.
 VALID_CARD = "valid_card"

@@ -18,11 +18,9 @@ from locust.stats import calculate_response_time_percentile
 
 from gateway.logs import log_event
 from loadtests import curves
-from loadtests.scenario import RunSpec
+from loadtests.scenario import STEPPED_RESULT, RunSpec
 
 log = logging.getLogger(__name__)
-
-STEPPED_RESULT = "stepped.json"
 
 
 class SpecShape(LoadTestShape):

@@ -51,6 +51,9 @@ HOLDER_REUSE_S = 45.0
 
 def outcome_is_expected(answer: "Answer", fare_reasons_allowed: Iterable[int]) -> bool:
     """Return whether ``answer`` is what its traffic kind must get."""
+    if answer.status == 0:
+        # No response: a transport error, counted in the error rate and not here.
+        return True
     if answer.kind == sc.UNKNOWN_DEVICE:
         return answer.status == UNKNOWN_DEVICE_STATUS
     if not answer.acknowledged:

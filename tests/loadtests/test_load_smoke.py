@@ -78,3 +78,23 @@ def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, n
     assert strict.returncode == 1, strict.stdout + strict.stderr
     assert "p99 latency" in strict.stdout
     assert "above the limit of 0.001 ms" in strict.stdout
+
+
+@pytest.mark.slow
+def test_stepped_search_reports_steps(dsn: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "stepped"
+    result = run_cli("loadtest", "--dsn", dsn, "--scenario", "venue", "--shape", "stepped", "--duration", "18",
+                     "--step-start", "2", "--step-users", "2", "--step-seconds", "6", "--step-p99-ms", "5000",
+                     "--time-scale", "100", "--gateway-workers", "1", "--p95-ms", "5000", "--p99-ms", "10000",
+                     "--max-error-rate", "0.05", "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    assert "可持续速率 / sustainable rate" in result.stdout
+
+    stepped = json.loads((out / "stepped.json").read_text())
+    assert [step["users"] for step in stepped["steps"]] == [2, 4, 6]
+    assert all(step["held"] for step in stepped["steps"])
+    assert stepped["sustainable_users"] == 6
+    assert stepped["sustainable_rate_per_s"] > 0
+    assert "last step held" in stepped["stopped_because"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stepped"] == stepped

@@ -133,9 +133,24 @@ def test_process_without_lost_holders_rejected(small_fixture: Fixture, run_spec:
     (sc.UNKNOWN_DEVICE, 401, None, None, True),
     (sc.UNKNOWN_DEVICE, 200, "accepted", 0, False),
     (sc.EXPIRED_QR, 0, None, None, True),
+    (sc.UNKNOWN_DEVICE, 0, None, None, True),
+    (sc.UNKNOWN_DEVICE, 403, None, None, False),
 ])
 def test_outcome_expected_table(kind: str, status: int, decision: str | None, reason: int | None,
                                 expected: bool) -> None:
     answer = Answer(device_id="d", tap_id=1, kind=kind, scenario="bus", medium="qr", sent_ms=0, status=status,
                     decision=decision, reason=reason, journal_id=5 if status == 200 else None)
     assert outcome_is_expected(answer, [61]) is expected
+
+
+def test_command_side_never_imports_locust() -> None:
+    # Locust monkey-patches the standard library with gevent; the asyncio side must never load it.
+    import subprocess
+    import sys
+
+    code = ("import sys, tapgate.cli, loadtests.runner, loadtests.check, loadtests.report\n"
+            "tapgate.cli.build_parser()\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('locust', 'gevent')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
