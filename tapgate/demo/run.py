@@ -33,6 +33,7 @@ import pathlib
 import sys
 import time
 
+import uvloop
 from tqdm import tqdm
 
 from gateway import db, timeutil
@@ -132,7 +133,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
         port = gateway.start()
         _stage(f"网关已就绪 / gateway ready on 127.0.0.1:{port} with {options.workers} workers")
         with tqdm(total=len(day_plan.taps), desc="交易 taps", unit="tap", file=sys.stderr) as bar:
-            result = asyncio.run(_drive(day_plan, port, options, config, bar.update))
+            result = uvloop.run(_drive(day_plan, port, options, config, bar.update))
     finally:
         status = gateway.stop()
     if status not in (0, None):
