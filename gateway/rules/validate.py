@@ -254,7 +254,9 @@ def parse_text(text: str | bytes, fmt: str) -> Any:
         if fmt == "yaml":
             return yaml.safe_load(text)
         return msgspec.json.decode(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, msgspec.DecodeError) as exc:
+    # RecursionError: nesting deeper than the parser's stack (all three parsers recurse).
+    # ValueError: tomllib's integers longer than Python's int conversion limit.
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, msgspec.DecodeError, RecursionError, ValueError) as exc:
         detail = " ".join(str(exc).split())
         raise RuleSetError([RuleProblem(path="$", value=show(detail[:200]),
                                         expected_en=f"a well-formed {fmt.upper()} document",
