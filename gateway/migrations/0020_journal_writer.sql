@@ -56,47 +56,43 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ELSE '\x01'::bytea || int4send(length(value)) || value END
 $$;
 
-CREATE FUNCTION tapgate_epoch_us(moment timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (extract(epoch FROM moment) * 1000000)::bigint
-$$;
-
 -- Canonical encoding v1 of one journal row: version byte 0x01, then every
--- column of taps (as created in 0001) in table order, each as tapgate_field.
--- Integers are 8-byte big-endian, dates are days since 1970-01-01, times are
--- microseconds since the Unix epoch, booleans one byte, text UTF-8, and
--- discount_kinds its array_dims text followed by each element.
--- gateway/journal/encoding.py implements the same encoding in Python.
+-- column of taps (as created in 0001) in table order, each as tapgate_field of:
+-- integers, dates, times and booleans in PostgreSQL's binary send format
+-- (big-endian; dates as days and times as microseconds since 2000-01-01 UTC),
+-- bytea as is, text as UTF-8, and discount_kinds as the UTF-8 of its array text
+-- form ('{category,cap}'). The send functions of text would follow the
+-- session's client_encoding, hence convert_to. No sub-SELECT, so PostgreSQL
+-- inlines the function. gateway/journal/encoding.py implements the same
+-- encoding in Python.
 CREATE FUNCTION tapgate_tap_encoding(t taps) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT '\x01'::bytea
         || tapgate_field(int8send(t.tap_id))
-        || tapgate_field(int8send((t.business_day - date '1970-01-01')::bigint))
+        || tapgate_field(date_send(t.business_day))
         || tapgate_field(int8send(t.batch_id))
         || tapgate_field(convert_to(t.device_id, 'UTF8'))
         || tapgate_field(int8send(t.device_tap_id))
-        || tapgate_field(int8send(tapgate_epoch_us(t.tap_time)))
-        || tapgate_field(int8send(tapgate_epoch_us(t.received_at)))
-        || tapgate_field(CASE WHEN t.offline IS NULL THEN NULL WHEN t.offline THEN '\x01'::bytea ELSE '\x00'::bytea END)
+        || tapgate_field(timestamptz_send(t.tap_time))
+        || tapgate_field(timestamptz_send(t.received_at))
+        || tapgate_field(boolsend(t.offline))
         || tapgate_field(convert_to(t.operator_id, 'UTF8'))
         || tapgate_field(convert_to(t.route_id, 'UTF8'))
         || tapgate_field(convert_to(t.stop_id, 'UTF8'))
         || tapgate_field(convert_to(t.site_id, 'UTF8'))
-        || tapgate_field(int8send(t.tap_kind::bigint))
-        || tapgate_field(int8send(t.medium::bigint))
+        || tapgate_field(int2send(t.tap_kind))
+        || tapgate_field(int2send(t.medium))
         || tapgate_field(t.credential_id)
         || tapgate_field(t.holder_token)
         || tapgate_field(t.account_token)
-        || tapgate_field(int8send(t.decision::bigint))
-        || tapgate_field(int8send(t.reason::bigint))
+        || tapgate_field(int2send(t.decision))
+        || tapgate_field(int2send(t.reason))
         || tapgate_field(convert_to(t.rider_category, 'UTF8'))
         || tapgate_field(convert_to(t.product_id, 'UTF8'))
-        || tapgate_field(int8send(t.fare_fen::bigint))
-        || tapgate_field(int8send(t.full_fare_fen::bigint))
-        || tapgate_field(convert_to(coalesce(array_dims(t.discount_kinds), ''), 'UTF8'))
-        || coalesce((SELECT string_agg(tapgate_field(convert_to(k.kind, 'UTF8')), ''::bytea ORDER BY k.n)
-                     FROM unnest(t.discount_kinds) WITH ORDINALITY AS k(kind, n)), ''::bytea)
-        || tapgate_field(int8send(t.rule_set_version::bigint))
+        || tapgate_field(int4send(t.fare_fen))
+        || tapgate_field(int4send(t.full_fare_fen))
+        || tapgate_field(convert_to(t.discount_kinds::text, 'UTF8'))
+        || tapgate_field(int4send(t.rule_set_version))
         || tapgate_field(t.request_digest)
 $$;
 
@@ -249,7 +245,7 @@ BEGIN
         -- Chain the batch: digest over a header and (tap_id, row hash) pairs.
         v_digest := sha256(convert_to('tapgate.batch.v1', 'UTF8')
                            || int8send(v_batch)
-                           || int8send(tapgate_epoch_us(now()))
+                           || timestamptz_send(now())
                            || tapgate_field(convert_to(p_worker, 'UTF8'))
                            || int8send(v_count::bigint)
                            || v_pairs);

@@ -64,6 +64,26 @@ async def test_python_encoding_matches_database(pool: asyncpg.Pool):
         assert encoding.encode_row(row) == bytes(row["sql_encoding"])
 
 
+@pytest.mark.parametrize("kinds", [
+    [], ["cap"], ["category", "transfer", "cap"], ["a,b"], [""], ["NULL"], ["null"], [None], ['say "hi"'],
+    ["back\\slash"], ["two words"], ["{brace}"], ["tab\there"], ["车站"],
+])
+async def test_array_text_matches_database(pool: asyncpg.Pool, kinds: list[str | None]):
+    # discount_kinds is encoded through its text form, so the Python quoting must match array_out().
+    text = await pool.fetchval("SELECT $1::text[]::text", kinds)
+    assert encoding.array_text(kinds) == text
+
+
+async def test_encoding_of_unusual_values_matches_database(pool: asyncpg.Pool):
+    await _fill(pool, batches=1)
+    await pool.execute("""UPDATE taps SET discount_kinds = '{"a,b",NULL,""}', route_id = '线路 "1"',
+                          tap_time = '1999-12-31 23:59:59.999999+00', stop_id = NULL, fare_fen = 2147483647""")
+    rows = await pool.fetch(f"SELECT {', '.join(encoding.TAP_COLUMNS)}, tapgate_tap_encoding(t) AS sql_encoding "
+                            "FROM taps t")
+    for row in rows:
+        assert encoding.encode_row(row) == bytes(row["sql_encoding"])
+
+
 async def test_updated_row_detected(pool: asyncpg.Pool):
     batch_ids = await _fill(pool)
     tap_id = await pool.fetchval("SELECT min(tap_id) FROM taps WHERE batch_id = $1", batch_ids[1])
