@@ -4,8 +4,8 @@ What it does, on this machine, against a fresh embedded PostgreSQL (or
 ``--dsn``):
 
 1. generates N taps for one business day (default 1,000,000) spread over
-   ``--accounts`` rider accounts, 12 operators and 3 banks, and writes them
-   with COPY in journal batches of 512, as the gateway's group commit would;
+   ``--accounts`` rider accounts, 12 operators and 3 banks. They are written
+   with COPY in journal batches of 512, as the gateway's group commit would.
    70 % pay full fare, 20 % ride free and 10 % at a discount by rider category;
 2. imports the banks, operator accounts and every rider account (CSV,
    encrypted at rest) through the library, timed;

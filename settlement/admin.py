@@ -3,12 +3,14 @@
 Add them with ``create_admin_app(pool, config, extensions=[settlement.admin.register])``.
 Bank account numbers never appear here: accounts are shown masked.
 
-``GET /admin/v1/settlement/days?limit=N``          closed days, newest first, with run state
-``GET /admin/v1/settlement/days/{day}``            one day: close, run totals and bank files
-``GET /admin/v1/settlement/days/{day}/reconciliation``  per operator and day totals
-``GET /admin/v1/settlement/subsidy/{month}``       the month's subsidy claim lines
-``GET /admin/v1/settlement/arrears?limit=N``       accounts in arrears
-``GET /admin/v1/settlement/accounts/{account_token}``  bank and masked number of one rider account
+Routes (all GET, under ``/admin/v1/settlement``):
+
+- ``/days?limit=N``: closed days, newest first, with run state.
+- ``/days/{day}``: one day's close record, run totals and bank files.
+- ``/days/{day}/reconciliation``: per operator and day totals.
+- ``/subsidy/{month}``: the month's subsidy claim lines.
+- ``/arrears?limit=N``: accounts in arrears.
+- ``/accounts/{account_token}``: bank and masked number of one rider account.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The messages are written as text in a fixed element order, one transaction
 at a time, so a file with hundreds of thousands of transactions never sits in
 memory as a tree. Each file goes to a temporary name, is validated against its
-XSD with :mod:`xmlschema` (lazily, streaming), and only then renamed into
+XSD with lxml (libxml2, streaming), and only then renamed into
 place. Accounts are identified by ``Othr/Id`` (domestic account number) and
 banks by ``FinInstnId/Othr/Id`` (the bank code), amounts are CNY.
 
@@ -25,7 +25,7 @@ import pathlib
 from typing import IO, Iterator
 from xml.sax.saxutils import escape
 
-import xmlschema
+from lxml import etree
 
 from settlement.errors import SchemaValidationError
 
@@ -56,25 +56,37 @@ def parse_yuan(text: str) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def schema(name: str) -> xmlschema.XMLSchema:
+def schema(name: str) -> etree.XMLSchema:
     path = importlib.resources.files("settlement") / "schemas" / f"{name}.xsd"
     with importlib.resources.as_file(path) as file:
-        return xmlschema.XMLSchema(str(file))
+        return etree.XMLSchema(etree.parse(str(file)))
 
 
-def validate_file(path: pathlib.Path, name: str) -> None:
-    """Raise :class:`SchemaValidationError` listing the first errors if ``path`` is not valid ``name``."""
-    resource = xmlschema.XMLResource(str(path), lazy=True)
-    errors = []
-    for error in schema(name).iter_errors(resource):
-        errors.append(f"{error.path}: {error.reason}")
-        if len(errors) >= 5:
-            break
-    if errors:
+OWN_FILE_HINT = "this is a bug in tapgate; the file was not written / 这是 tapgate 的缺陷，文件未写出"
+
+
+def validate_file(path: pathlib.Path, name: str, hint: str = OWN_FILE_HINT) -> None:
+    """Raise :class:`SchemaValidationError` naming the first error if ``path`` is not a valid ``name`` message.
+
+    libxml2 validates while it parses, and each finished transaction element
+    is dropped, so memory stays flat however large the file is.
+    """
+    # NOTE: xmlschema 4.3.2 (pure Python) took 12.6 s for 10,000 direct debits
+    # and lxml 6.2.0 took 3.5 s for 76,579 on the same 2 shared cores.
+    try:
+        for _, element in etree.iterparse(str(path), events=("end",), schema=schema(name), huge_tree=True):
+            if element.tag.endswith(_TRANSACTION_TAGS):
+                element.clear(keep_tail=True)
+                while element.getprevious() is not None:
+                    del element.getparent()[0]
+    except etree.XMLSyntaxError as exc:
         raise SchemaValidationError(
-            f"{path.name} is not a valid {name} message: " + "; ".join(errors),
-            f"{path.name} 不符合 {name} 报文规范：" + "；".join(errors),
-            "this is a bug in tapgate; the file was not written / 这是 tapgate 的缺陷，文件未写出")
+            f"{path.name} is not a valid {name} message: line {exc.lineno}: {exc.msg}",
+            f"{path.name} 不符合 {name} 报文规范：第 {exc.lineno} 行：{exc.msg}",
+            hint) from exc
+
+
+_TRANSACTION_TAGS = ("}DrctDbtTxInf", "}CdtTrfTxInf", "}Ntry")
 
 
 @contextlib.contextmanager

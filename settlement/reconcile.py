@@ -1,7 +1,7 @@
 """Reconciliation of one settled day per operator: taps, amounts, returned, outstanding.
 
 The rider side is attributed to operators through the day's fares per
-account and operator: when a debit is settled, rejected or still pending,
+account and operator. When a debit is settled, rejected or still pending,
 the part of it that is this day's fares at an operator counts as collected,
 returned or pending for that operator. Amounts a debit carried from earlier
 days are reported in the day totals, not per operator.

@@ -1,10 +1,10 @@
 """Bank returns: the outcome of each direct debit and credit transfer we sent.
 
-A bank reports per item either in ISO 20022 camt.054.001.08 (a debit/credit
-notification; an item with ``RtrInf`` is rejected with its reason code, any
-other item is settled) or in the CSV twin with the header
-``end_to_end_id,outcome,amount_fen,reason_code,booked_on`` (outcome
-``settled`` or ``rejected``; booked_on ``YYYY-MM-DD`` or empty).
+A bank reports per item in ISO 20022 camt.054.001.08, a debit/credit
+notification. An item with ``RtrInf`` is rejected with its reason code, and
+any other item is settled. The CSV twin has the header
+``end_to_end_id,outcome,amount_fen,reason_code,booked_on``, where outcome is
+``settled`` or ``rejected`` and booked_on is ``YYYY-MM-DD`` or empty.
 
 Importing is idempotent twice over: a file already imported (same SHA-256)
 changes nothing, and an item already recorded from another file is skipped.
@@ -98,7 +98,7 @@ def parse_csv(text: str) -> list[ReturnItem]:
 
 def parse_camt054(path: pathlib.Path) -> list[ReturnItem]:
     """Validate ``path`` against camt.054.001.08 and return its items in document order."""
-    validate_file(path, CAMT_054)
+    validate_file(path, CAMT_054, "ask the bank for a valid file / 请向银行索取符合规范的文件")
     items = []
     for _, entry in ET.iterparse(path):
         if entry.tag != f"{_NS}Ntry":

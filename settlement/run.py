@@ -15,7 +15,7 @@ first step not committed:
    pain.001 + CSV for its credits.
 
 Files are derived only from committed rows and the run's stored creation
-time, so writing them again gives the same bytes; the ``files`` step always
+time, so writing them again gives the same bytes. The ``files`` step always
 rewrites every file and checks each digest against the one recorded before.
 """
 
@@ -123,7 +123,7 @@ async def _debits(conn: asyncpg.Connection, day: dt.date) -> None:
     # Every rider account with a receivable balance gets one debit: the day's
     # fares plus whatever an earlier debit left unpaid (rejected) or held.
     # TODO: the balance scan reads every receivable line ever posted; keep a
-    # running balance table once the ledger holds years of history.
+    # running balance table once the ledger contains years of history.
     await conn.execute("""
         INSERT INTO settlement_debits (business_day, account_token, debit_no, end_to_end_id, bank_code,
                                        day_fen, carried_fen, amount_fen, status)

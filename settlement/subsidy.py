@@ -1,9 +1,9 @@
 """Subsidy claims: free and discounted rides reimbursed to operators from public funds.
 
-A claim covers one calendar month and lists, per operator and rider
-category, the rides whose fare the rider category reduced (``category`` in
-the tap's discount_kinds): their count (free and discounted apart), their
-full-fare value, what riders paid, and the subsidy claimed
+A claim covers one calendar month. Per operator and rider category it lists
+the rides whose fare the rider category reduced (``category`` in the tap's
+discount_kinds). For those it gives the count of free and of discounted rides,
+their full-fare value, what riders paid, and the subsidy claimed
 (``full_fare_fen - fare_fen``). Reductions from transfers and fare caps are
 the operator's own and are not claimed.
 
@@ -124,12 +124,14 @@ def claim_html(claim: Claim) -> str:
              f"<h1>沂源县公共交通及场馆优惠补贴申领表（{esc(claim.month)}）</h1>",
              f"<p>Subsidy claim for free and discounted rides, Yiyuan County, {esc(claim.month)}</p>",
              f"<p>已日结营业日 / closed business days: {claim.closed_days} / {claim.days_in_month}</p>"]
+
     if not claim.complete:
         parts.append('<p class="warn">本月尚有营业日未日结，数字不完整 / '
                      "some days of this month are not closed yet; the figures are incomplete</p>")
     header = ("<tr><th>乘客类别<br>Rider category</th><th>免费次数<br>Free rides</th>"
               "<th>优惠次数<br>Discounted rides</th><th>全价金额（元）<br>Full fare (CNY)</th>"
               "<th>乘客实付（元）<br>Paid by riders (CNY)</th><th>申领补贴（元）<br>Subsidy claimed (CNY)</th></tr>")
+
     by_operator: dict[str, list[ClaimLine]] = {}
     for line in claim.lines:
         by_operator.setdefault(line.operator_id, []).append(line)
@@ -145,6 +147,7 @@ def claim_html(claim: Claim) -> str:
         parts.append(_row("合计 / Total", sum(l.free_rides for l in lines), sum(l.discounted_rides for l in lines),
                           sum(l.full_fare_fen for l in lines), sum(l.paid_fen for l in lines), total, "total"))
         parts.append("</table>")
+
     if not by_operator:
         parts.append("<p>本月无优惠乘车 / no free or discounted rides this month</p>")
     parts.append(f"<h2>申领总额 / Total claimed: {format_yuan(grand)} 元 CNY</h2>")

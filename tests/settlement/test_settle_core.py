@@ -97,3 +97,19 @@ async def test_run_produces_debits_credits_and_files(conn, cipher, tmp_path):
         "20261201_ICBC_credits.csv", "20261201_RCB_pain.008.001.08.xml", "20261201_RCB_debits.csv",
         "20261201_RCB_pain.001.001.09.xml", "20261201_RCB_credits.csv"])
     assert sum((await ledger.trial_balance(conn)).values()) == 0
+
+
+async def test_invalid_bank_file_not_written(conn, cipher, tmp_path, monkeypatch):
+    from settlement import isofiles
+    from settlement.errors import SchemaValidationError
+
+    await seed(conn, cipher)
+    await Journal(conn).commit([{"account": token(1), "fare": 200}])
+    await days.close_day(conn, DAY, CUTOFF, now=AFTER)
+    # Nm is Max140Text in pain.008, so a longer initiating party name fails the XSD.
+    monkeypatch.setattr(isofiles, "AGENCY_NAME", "x" * 141)
+    with pytest.raises(SchemaValidationError, match="not a valid pain.008.001.08 message"):
+        await run.run_day(conn, DAY, cipher, tmp_path)
+    assert list(tmp_path.rglob("*.xml*")) == []
+    assert list(tmp_path.rglob("*.csv*")) == []
+    assert await conn.fetchval("SELECT count(*) FROM settlement_files") == 0

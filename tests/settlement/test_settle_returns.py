@@ -64,7 +64,7 @@ async def test_same_return_file_twice_changes_nothing(conn, cipher, tmp_path):
 
     again = await returns.import_returns(conn, _camt(items), "camt1-copy.xml")
     assert again.already_imported
-    # The CSV twin of the same items is another file but holds no new item.
+    # The CSV twin of the same items is another file but contains no new item.
     twin = await returns.import_returns(conn, returns.items_to_csv(items).encode(), "returns.csv")
     assert (twin.items, twin.new_items) == (1, 0)
     assert await conn.fetch("SELECT * FROM deny_list ORDER BY subject") == snapshot
