@@ -26,6 +26,21 @@ from gateway.rules.schema import RuleSetDocument
 FORMATS = ("toml", "yaml", "json")
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML SafeLoader that rejects aliases (``*name``).
+
+    A rule set never needs them, and a few hundred bytes of nested aliases
+    expand into billions of values for the field-by-field walk.
+    """
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in rule sets",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
 class RuleProblem(msgspec.Struct, frozen=True, kw_only=True):
     """One invalid field: where it is, what was found and what is expected."""
 
@@ -252,7 +267,7 @@ def parse_text(text: str | bytes, fmt: str) -> Any:
         if fmt == "toml":
             return tomllib.loads(text)
         if fmt == "yaml":
-            return yaml.safe_load(text)
+            return yaml.load(text, Loader=_NoAliasLoader)
         return msgspec.json.decode(text)
     # RecursionError: nesting deeper than the parser's stack (all three parsers recurse).
     # ValueError: tomllib's integers longer than Python's int conversion limit.

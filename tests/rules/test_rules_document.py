@@ -195,3 +195,10 @@ def test_compile_rechecks_documents_built_in_code(yiyuan_raw: dict[str, Any]) ->
     broken = msgspec.structs.replace(doc, leg_rules=[msgspec.structs.replace(doc.leg_rules[0], product_id="none")])
     with pytest.raises(RuleSetError, match=r"\$\.leg_rules\[0\]\.product_id"):
         compile_rule_set(broken)
+
+
+def test_yaml_aliases_rejected() -> None:
+    text = "rule_set: &info {rule_set_id: x, name_zh: x, name_en: x}\ncopy: *info\n"
+    with pytest.raises(RuleSetError) as caught:
+        load_rule_set_document(text, fmt="yaml")
+    assert "YAML aliases (*name) are not allowed" in caught.value.problems[0].value
