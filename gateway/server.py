@@ -30,6 +30,7 @@ from gateway.app import GatewayApp, plain_error_response
 from gateway.auth import NonceGuard, delete_old_nonces
 from gateway.config import Config
 from gateway.denylist import DenyList
+from gateway.errors import DatabaseError
 from gateway.devices import DeviceRegistry
 from gateway.http import ConnectionSet, HttpProtocol
 from gateway.journal import Journal
@@ -66,6 +67,23 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert_file, key_file)
     return context
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset round trip on release: workers set no session state, LISTEN or session locks."""
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int, timeout_s: float) -> asyncpg.Pool:
+    """Create the worker's pool; like ``gateway.db.create_pool`` but without a reset query per release."""
+    try:
+        return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, timeout=timeout_s,
+                                         reset=_keep_session)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseError(
+            f"cannot connect to PostgreSQL at {db.redact_dsn(dsn)}: {exc}",
+            f"无法连接 PostgreSQL（{db.redact_dsn(dsn)}）：{exc}",
+            "check --dsn or TAPGATE_DATABASE_DSN, or leave both empty to use the embedded server",
+        ) from exc
 
 
 class Components:
@@ -109,8 +127,8 @@ class Worker:
     async def start(self) -> None:
         """Connect, load everything, start the journal and listen; raise if any of it fails."""
         database = self.config.database
-        self.pool = await db.create_pool(self.dsn, min_size=database.pool_min, max_size=database.pool_max,
-                                         timeout_s=database.connect_timeout_s)
+        self.pool = await create_pool(self.dsn, min_size=database.pool_min, max_size=database.pool_max,
+                                      timeout_s=database.connect_timeout_s)
         async with self.pool.acquire() as conn:
             await self._refresh(conn)
         self._last_refresh_ok = time.monotonic()
@@ -123,6 +141,7 @@ class Worker:
         self.nonces = NonceGuard(self.pool, self.config.server.device_clock_skew_s, database.connect_timeout_s)
         self.nonces.start()
         self.pipeline = TapPipeline(self.components, self.journal, self.config.server.card_duplicate_window_s)
+        self.pipeline.start()
         app = GatewayApp(self)
 
         server_config = self.config.server
@@ -281,6 +300,8 @@ class Worker:
             log_event(log, logging.ERROR, "worker.journal_flush_timeout", worker=self.name)
         if self.nonces is not None:
             await self.nonces.close()
+        if self.pipeline is not None:
+            await self.pipeline.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), max(0.1, deadline - time.monotonic()))
