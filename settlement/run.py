@@ -48,6 +48,8 @@ STEPS = ("accrual", "subsidy", "debits", "credits", "files")
 # (each written file counts as a step), to prove that a killed run resumes.
 KILL_AFTER_ENV = "TAPGATE_SETTLE_KILL_AFTER_STEPS"
 FETCH_ROWS = 2000
+# Arbitrary base of the advisory lock keys that serialise runs of one day.
+_RUN_LOCK = 0x5E77_0000_0000
 
 
 @dataclasses.dataclass
@@ -199,6 +201,21 @@ async def run_day(conn: asyncpg.Connection, day: dt.date, cipher: AccountCipher,
     """
     closed = await require_closed_day(conn, day)
     await _check_order(conn, day)
+    # One run per day at a time: two would write the same temporary files.
+    lock_key = _RUN_LOCK + day.toordinal()
+    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", lock_key):
+        raise SettlementError(f"another settlement run of business day {day} is in progress",
+                              f"营业日 {day} 的另一个结算正在运行", "wait for it to finish / 请等待其完成")
+    try:
+        return await _run_locked(conn, closed, cipher, output_dir, progress, grace_rides, grace_fen)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+
+
+async def _run_locked(conn: asyncpg.Connection, closed: ClosedDay, cipher: AccountCipher,
+                      output_dir: str | os.PathLike[str], progress: Callable[[str], None] | None,
+                      grace_rides: int, grace_fen: int) -> RunResult:
+    day = closed.business_day
     await conn.execute("INSERT INTO settlement_runs (business_day) VALUES ($1) ON CONFLICT DO NOTHING", day)
     result = RunResult(day)
     result.resumed_from = await conn.fetchval("SELECT step FROM settlement_runs WHERE business_day = $1", day)
