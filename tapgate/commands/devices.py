@@ -20,7 +20,22 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     _register_operators(subparsers, common)
 
 
+def _without_defaults(common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Copy the common options with no defaults, for parsers nested one level deeper.
+
+    argparse copies a nested parser's defaults over values parsed before it, so
+    without this ``tapgate devices --dsn X list`` would lose ``--dsn X``.
+    """
+    nested = argparse.ArgumentParser(add_help=False)
+    group = nested.add_argument_group("common options / 通用选项")
+    for action in common._actions:
+        group.add_argument(*action.option_strings, dest=action.dest, metavar=action.metavar,
+                           choices=action.choices, help=action.help, default=argparse.SUPPRESS)
+    return nested
+
+
 def _register_devices(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    nested = _without_defaults(common)
     parser = subparsers.add_parser(
         "devices", parents=[common],
         help="register validators and gates, disable them, rotate their secrets / 管理验票机与闸机",
@@ -28,7 +43,7 @@ def _register_devices(subparsers: argparse._SubParsersAction, common: argparse.A
                     "logged. / 管理可提交交易的设备。新密钥只显示一次，不写入日志。")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", title="actions / 操作", required=True)
 
-    add = actions.add_parser("add", parents=[common], help="register a device and print its secret / 登记设备并显示密钥")
+    add = actions.add_parser("add", parents=[nested], help="register a device and print its secret / 登记设备并显示密钥")
     add.add_argument("device_id", help="device id: 1-63 letters, digits, '_', '.', '-' / 设备编号")
     add.add_argument("--operator", required=True, metavar="ID", help="operator id / 运营单位编号")
     add.add_argument("--kind", required=True, choices=devices.DEVICE_KINDS,
@@ -37,34 +52,35 @@ def _register_devices(subparsers: argparse._SubParsersAction, common: argparse.A
     add.add_argument("--site", metavar="ID", help="site id, for a gate / 场所编号（闸机）")
     add.set_defaults(handler=_run(_add_device))
 
-    listing = actions.add_parser("list", parents=[common], help="list devices / 列出设备")
+    listing = actions.add_parser("list", parents=[nested], help="list devices / 列出设备")
     listing.add_argument("--operator", metavar="ID", help="only this operator's devices / 仅列出该运营单位的设备")
     listing.set_defaults(handler=_run(_list_devices))
 
     for action, status, text in (("disable", "disabled", "stop accepting the device's requests / 停用设备"),
                                  ("enable", "active", "accept the device's requests again / 启用设备")):
-        sub = actions.add_parser(action, parents=[common], help=text)
+        sub = actions.add_parser(action, parents=[nested], help=text)
         sub.add_argument("device_id", help="device id / 设备编号")
         sub.set_defaults(handler=_run(_status_setter(status)))
 
-    rotate = actions.add_parser("rotate-secret", parents=[common],
+    rotate = actions.add_parser("rotate-secret", parents=[nested],
                                 help="replace the device's secret and print the new one / 更换设备密钥并显示新密钥")
     rotate.add_argument("device_id", help="device id / 设备编号")
     rotate.set_defaults(handler=_run(_rotate))
 
 
 def _register_operators(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    nested = _without_defaults(common)
     parser = subparsers.add_parser("operators", parents=[common],
                                    help="register and list operators / 管理运营单位")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", title="actions / 操作", required=True)
-    add = actions.add_parser("add", parents=[common], help="register an operator / 登记运营单位")
+    add = actions.add_parser("add", parents=[nested], help="register an operator / 登记运营单位")
     add.add_argument("operator_id", help="operator id: 1-63 lower-case letters, digits, '_', '.', '-' / 运营单位编号")
     add.add_argument("--kind", required=True, choices=devices.OPERATOR_KINDS,
                      help="bus, scenic (scenic spot) or venue / bus 公交，scenic 景区，venue 场馆")
     add.add_argument("--name-zh", required=True, metavar="TEXT", help="Chinese name / 中文名称")
     add.add_argument("--name-en", required=True, metavar="TEXT", help="English name / 英文名称")
     add.set_defaults(handler=_run(_add_operator))
-    listing = actions.add_parser("list", parents=[common], help="list operators / 列出运营单位")
+    listing = actions.add_parser("list", parents=[nested], help="list operators / 列出运营单位")
     listing.set_defaults(handler=_run(_list_operators))
 
 
