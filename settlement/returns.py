@@ -112,8 +112,17 @@ def parse_camt054(path: pathlib.Path) -> list[ReturnItem]:
             code = None
             if reason is not None:
                 code = reason.findtext(f"{_NS}Rsn/{_NS}Cd") or reason.findtext(f"{_NS}Rsn/{_NS}Prtry") or "NARR"
-            items.append(ReturnItem(e2e or "", "rejected" if reason is not None else "settled", parse_yuan(amount),
-                                    code, dt.date.fromisoformat(booked) if booked else None))
+            # The XSD admits amounts with up to five decimals and dates with a zone, which
+            # parse_yuan and date.fromisoformat reject; both are a bad file, not a crash.
+            try:
+                amount_fen = parse_yuan(amount or "")
+                booked_on = dt.date.fromisoformat(booked) if booked else None
+            except ValueError as exc:
+                raise InputFileError(f"the camt.054 item {e2e!r} is invalid: {exc}",
+                                     f"camt.054 条目 {e2e!r} 无效：{exc}",
+                                     "ask the bank for a valid file / 请向银行索取符合规范的文件") from exc
+            items.append(ReturnItem(e2e or "", "rejected" if reason is not None else "settled", amount_fen,
+                                    code, booked_on))
         entry.clear()
     return items
 
@@ -155,16 +164,23 @@ def items_to_csv(items: Iterable[ReturnItem]) -> str:
 
 def read_return_file(data: bytes, file_name: str) -> tuple[str, list[ReturnItem]]:
     """Detect the format (XML or CSV) of a return file and parse it; return (format, items)."""
-    if data.lstrip().startswith(b"<"):
-        with tempfile.NamedTemporaryFile(suffix=".xml") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            return "camt.054", parse_camt054(pathlib.Path(tmp.name))
+    # csv.Error (a stray carriage return or NUL) and ElementTree's ParseError (XML
+    # that the schema check let through) mean a bad file, like every other problem.
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputFileError(f"{file_name} is neither XML nor UTF-8 CSV", f"{file_name} 既不是 XML 也不是 UTF-8 CSV") from exc
-    return "csv", parse_csv(text)
+        if data.lstrip().startswith(b"<"):
+            with tempfile.NamedTemporaryFile(suffix=".xml") as tmp:
+                tmp.write(data)
+                tmp.flush()
+                return "camt.054", parse_camt054(pathlib.Path(tmp.name))
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputFileError(f"{file_name} is neither XML nor UTF-8 CSV",
+                                 f"{file_name} 既不是 XML 也不是 UTF-8 CSV") from exc
+        return "csv", parse_csv(text)
+    except (csv.Error, ET.ParseError) as exc:
+        raise InputFileError(f"{file_name} cannot be parsed: {exc}", f"{file_name} 无法解析：{exc}",
+                             "ask the bank for a valid file / 请向银行索取符合规范的文件") from exc
 
 
 async def import_returns(conn: asyncpg.Connection, data: bytes, file_name: str, *, grace_rides: int = 0,
