@@ -150,7 +150,7 @@ class DeviceUser(FastHttpUser):
         self.next_tap_id += 1
         maker = self.state.maker
         if holder is not None:
-            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms)
+            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms, self.recent)
         else:
             tap = maker.make(kind or maker.choose_kind(), self.device, place, self.next_tap_id, now_ms, self.recent)
         accepted = self.send(tap, now_ms)

@@ -131,6 +131,8 @@ class TrafficMaker:
         self._cards: dict[tuple[str, int], Card] = {}
         # Accepted QR codes with their presentation time, for replays.
         self.replay_pool: collections.deque[tuple[str, int]] = collections.deque(maxlen=512)
+        # Holders who entered each site in this run, by site id.
+        self.entered: dict[str, set[int]] = {}
         self._kinds, self._weights = self._kind_weights(spec.model)
 
     @staticmethod
@@ -160,14 +162,27 @@ class TrafficMaker:
             card = self._cards[key] = Card(holder.card_credential, holder.card_seed)
         return card
 
-    def pick_holder(self, pool: list[Holder], recent: dict[int, float], now_s: float) -> Holder:
-        """Pick a holder not seen at this device within :data:`HOLDER_REUSE_S`, trying a few times."""
-        holder = self.rng.choice(pool)
-        for _ in range(8):
-            if now_s - recent.get(holder.index, -1e9) >= HOLDER_REUSE_S:
-                break
-            holder = self.rng.choice(pool)
+    def pick_holder(self, pool: list[Holder], recent: dict[int, float], now_s: float,
+                    site_id: str | None = None) -> Holder:
+        """Pick a holder not seen at this device within :data:`HOLDER_REUSE_S`, trying a few times.
+
+        At a site, holders who already entered it in this run are avoided too
+        (a scenic ticket allows one entry a day); once few are left, a second
+        entry happens and is rejected with a fare reason the model allows.
+        """
+        entered = self.entered.setdefault(site_id, set()) if site_id is not None else set()
+
+        def fresh(candidate: Holder) -> bool:
+            return now_s - recent.get(candidate.index, -1e9) >= HOLDER_REUSE_S
+
+        candidates = [self.rng.choice(pool) for _ in range(32)]
+        holder = next((c for c in candidates[:8] if fresh(c) and c.index not in entered), None)
+        if holder is None:
+            # Recency is the hard rule: a card seen here within the duplicate window would be rejected.
+            holder = next((c for c in candidates if fresh(c)), candidates[-1])
         recent[holder.index] = now_s
+        if site_id is not None:
+            entered.add(holder.index)
         return holder
 
     def present(self, holder: Holder, medium: str, device: Device, now_ms: int, group: str = "h") -> str:
@@ -198,17 +213,17 @@ class TrafficMaker:
 
         if kind in (sc.VALID_CARD, sc.VALID_QR):
             medium = "card" if kind == sc.VALID_CARD else "qr"
-            holder = self.pick_holder(self.ok, recent, now_s)
+            holder = self.pick_holder(self.ok, recent, now_s, place.site_id)
             presented = self.present(holder, medium, device, now_ms)
             qr_text = presented if medium == "qr" else None
         elif kind == sc.EXPIRED_QR:
             medium = "qr"
-            holder = self.pick_holder(self.ok, recent, now_s)
+            holder = self.pick_holder(self.ok, recent, now_s, place.site_id)
             old_ms = now_ms - (self.spec.code_lifetime_s + self.spec.clock_skew_s + 30) * 1000
             presented = self.phone(holder).qr_text(old_ms)
         elif kind == sc.FORGED_HOLDER:
             medium = self.rng.choice(("card", "qr"))
-            holder = self.pick_holder(self.ok, recent, now_s)
+            holder = self.pick_holder(self.ok, recent, now_s, place.site_id)
             valid = self.present(holder, medium, device, now_ms)
             presented = self._forge(medium, valid)
         elif kind == sc.FORGED_ISSUER:
@@ -217,15 +232,15 @@ class TrafficMaker:
             presented = self.present(holder, medium, device, now_ms, group="rogue")
         elif kind == sc.LOST_CARD:
             medium = "card"
-            holder = self.pick_holder(self.lost, recent, now_s)
+            holder = self.pick_holder(self.lost, recent, now_s, place.site_id)
             presented = self.present(holder, medium, device, now_ms)
         elif kind == sc.ARREARS:
             medium = self.rng.choice(("card", "qr"))
-            holder = self.pick_holder(self.arrears, recent, now_s)
+            holder = self.pick_holder(self.arrears, recent, now_s, place.site_id)
             presented = self.present(holder, medium, device, now_ms)
         elif kind == sc.UNKNOWN_DEVICE:
             medium = "qr"
-            holder = self.pick_holder(self.ok, recent, now_s)
+            holder = self.pick_holder(self.ok, recent, now_s, place.site_id)
             unknown = self.rng.choice(self.unknown)
             creds = DeviceCredentials(unknown.device_id, unknown.secret)
             presented = self.phone(holder).qr_text(now_ms)
@@ -235,8 +250,10 @@ class TrafficMaker:
         return Tap(kind, creds, self._body(tap_id, now_ms, medium, presented, place), holder, medium, qr_text)
 
     def make_valid(self, holder: Holder, medium: str, device: Device, place: Place, tap_id: int,
-                   now_ms: int) -> Tap:
+                   now_ms: int, recent: dict[int, float]) -> Tap:
         """Make a valid tap by a given holder (a tap-off by a rider who tapped on)."""
+        # The tap-off counts for the duplicate window too: the rider must not board again at once.
+        recent[holder.index] = now_ms / 1000
         presented = self.present(holder, medium, device, now_ms)
         kind = sc.VALID_CARD if medium == "card" else sc.VALID_QR
         return Tap(kind, DeviceCredentials(device.device_id, device.secret),

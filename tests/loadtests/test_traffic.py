@@ -154,3 +154,32 @@ def test_command_side_never_imports_locust() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_tap_off_blocks_reboarding(small_fixture: Fixture, run_spec: sc.RunSpec, rng: random.Random) -> None:
+    maker = TrafficMaker(small_fixture, run_spec, 0, rng)
+    device = small_fixture.devices[0]
+    holder = maker.ok[0]
+    recent: dict[int, float] = {}
+    maker.make_valid(holder, "card", device, Place("off", route_id=device.route_id), 1, 200_000, recent)
+    assert recent == {holder.index: 200.0}
+
+
+def test_site_entries_avoid_repeat_holders(small_fixture: Fixture, run_spec: sc.RunSpec,
+                                           rng: random.Random) -> None:
+    maker = TrafficMaker(small_fixture, run_spec, 0, rng)
+    gate = next(d for d in small_fixture.devices if d.scenario == "scenic")
+    place = Place("entry", site_id=gate.site_id)
+    entered = [maker.make(sc.VALID_CARD, gate, place, n, 1_000_000 + n, {}).holder.index for n in range(10)]
+    assert len(set(entered)) == 10
+    assert maker.entered[gate.site_id] == set(entered)
+
+
+def test_exhausted_site_still_respects_recency(small_fixture: Fixture, run_spec: sc.RunSpec,
+                                               rng: random.Random) -> None:
+    maker = TrafficMaker(small_fixture, run_spec, 0, rng)
+    pool = maker.ok[:10]
+    maker.entered["lushan"] = {h.index for h in pool}
+    recent = {h.index: 100.0 for h in pool[:8]}
+    picked = maker.pick_holder(pool, recent, 120.0, "lushan")
+    assert picked in pool[8:]
