@@ -39,10 +39,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                     "生成发卡密钥、沂源示例票价规则、运营单位、设备和持卡人，启动网关进程，通过 HTTP 发送压缩为约一分钟的"
                     "昨日交通，完成日结清算，校验流水哈希链并生成报告。任一不变量不满足时退出码为 1。")
     group = demo.add_argument_group("demo options / 演示选项")
-    group.add_argument("--holders", type=_positive, default=2000, metavar="N",
-                       help="cardholders to issue credentials for (default 2000) / 持卡人数")
-    group.add_argument("--taps", type=_positive, default=6000, metavar="N",
-                       help="taps in the simulated day, about (default 6000) / 模拟一天的交易笔数（约数）")
+    group.add_argument("--holders", type=_positive, default=3000, metavar="N",
+                       help="cardholders to issue credentials for (default 3000) / 持卡人数")
+    group.add_argument("--taps", type=_positive, default=10000, metavar="N",
+                       help="taps in the simulated day, about (default 10000) / 模拟一天的交易笔数（约数）")
     group.add_argument("--workers", type=_positive, default=2, metavar="N",
                        help="gateway worker processes (default 2) / 网关工作进程数")
     group.add_argument("--seed", type=int, default=1, metavar="N",

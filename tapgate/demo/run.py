@@ -51,8 +51,8 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class DemoOptions:
-    holders: int = 2000
-    taps: int = 6000
+    holders: int = 3000
+    taps: int = 10000
     workers: int = 2
     seed: int = 1
     out: pathlib.Path = pathlib.Path("demo-out")
