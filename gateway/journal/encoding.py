@@ -3,7 +3,8 @@
 The same encoding is computed in PostgreSQL when a batch commits
 (``tapgate_tap_encoding`` and ``tapgate_journal_commit`` in migration 0020)
 and here, independently, when the chain is verified. Keep both in step; a
-change needs a new version byte. docs/journal.md gives the format.
+change needs a new version of the format (a new BATCH_DIGEST_LABEL).
+docs/journal.md describes the format.
 """
 
 from __future__ import annotations
@@ -13,27 +14,24 @@ import hashlib
 import struct
 from typing import Any, Mapping, Sequence
 
-ROW_ENCODING_VERSION = b"\x01"
 BATCH_DIGEST_LABEL = b"tapgate.batch.v1"
 GENESIS_HASH = bytes(32)
 
-# Columns of taps in table order (migration 0001), with how each is encoded.
-TAP_COLUMNS = (
-    "tap_id", "business_day", "batch_id", "device_id", "device_tap_id", "tap_time", "received_at", "offline",
-    "operator_id", "route_id", "stop_id", "site_id", "tap_kind", "medium", "credential_id", "holder_token",
-    "account_token", "decision", "reason", "rider_category", "product_id", "fare_fen", "full_fare_fen",
-    "discount_kinds", "rule_set_version", "request_digest",
+# Columns of taps in table order (migration 0001) with their PostgreSQL type OIDs.
+TAP_COLUMN_TYPES = (
+    ("tap_id", 20), ("business_day", 1082), ("batch_id", 20), ("device_id", 25), ("device_tap_id", 20),
+    ("tap_time", 1184), ("received_at", 1184), ("offline", 16), ("operator_id", 25), ("route_id", 25),
+    ("stop_id", 25), ("site_id", 25), ("tap_kind", 21), ("medium", 21), ("credential_id", 17),
+    ("holder_token", 17), ("account_token", 17), ("decision", 21), ("reason", 21), ("rider_category", 25),
+    ("product_id", 25), ("fare_fen", 23), ("full_fare_fen", 23), ("discount_kinds", 1009),
+    ("rule_set_version", 23), ("request_digest", 17),
 )
+TAP_COLUMNS = tuple(name for name, _ in TAP_COLUMN_TYPES)
+
 _INT8 = struct.Struct(">q")
 _INT4 = struct.Struct(">i")
 _INT2 = struct.Struct(">h")
-_BIGINTS = {"tap_id", "batch_id", "device_tap_id"}
-_INTEGERS = {"fare_fen", "full_fare_fen", "rule_set_version"}
-_SMALLINTS = {"tap_kind", "medium", "decision", "reason"}
-_TEXTS = {"device_id", "operator_id", "route_id", "stop_id", "site_id", "rider_category", "product_id"}
-_BYTES = {"credential_id", "holder_token", "account_token", "request_digest"}
-_TIMES = {"tap_time", "received_at"}
-
+_TEXT_OID = 25
 # PostgreSQL's epoch for dates and timestamps in its binary format.
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=dt.timezone.utc)
 _PG_EPOCH_DAY = dt.date(2000, 1, 1)
@@ -41,7 +39,7 @@ _MICROSECOND = dt.timedelta(microseconds=1)
 
 
 def field(value: bytes | None) -> bytes:
-    """Encode one field: 0x00 for NULL, else 0x01, a 4-byte big-endian length and the bytes."""
+    """Encode one field of the batch header: 0x00 for NULL, else 0x01, a 4-byte big-endian length and the bytes."""
     if value is None:
         return b"\x00"
     return b"\x01" + _INT4.pack(len(value)) + value
@@ -52,48 +50,82 @@ def timestamp_bytes(moment: dt.datetime) -> bytes:
     return _INT8.pack((moment - _PG_EPOCH) // _MICROSECOND)
 
 
-def _array_element(value: str | None) -> str:
-    # PostgreSQL's array_out() quoting of one text element.
-    if value is None:
-        return "NULL"
-    if value == "" or value.upper() == "NULL" or any(ch in '{},"\\ \t\n\r\v\f' for ch in value):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return value
+def _array_shape(values: Sequence[Any]) -> tuple[list[int], list[Any]]:
+    # Dimensions and flattened elements of a (possibly nested) list, as asyncpg returns arrays.
+    dims: list[int] = []
+    level: Any = values
+    while isinstance(level, (list, tuple)):
+        dims.append(len(level))
+        if not level:
+            break
+        level = level[0]
+    flat: list[Any] = []
+
+    def walk(items: Any, depth: int) -> None:
+        for item in items:
+            if depth + 1 < len(dims):
+                walk(item, depth + 1)
+            else:
+                flat.append(item)
+
+    walk(values, 0)
+    return ([] if dims == [0] else dims), flat
 
 
-def array_text(values: Sequence[Any]) -> str:
-    """Return the text form of a text[] value as PostgreSQL prints it (lower bounds of 1)."""
-    parts = [array_text(v) if isinstance(v, (list, tuple)) else _array_element(v) for v in values]
-    return "{" + ",".join(parts) + "}"
+def text_array_bytes(values: Sequence[Any]) -> bytes:
+    """Return PostgreSQL's array_send() of a text[] value whose lower bounds are 1."""
+    dims, flat = _array_shape(values)
+    parts = [_INT4.pack(len(dims)), _INT4.pack(1 if any(v is None for v in flat) else 0), _INT4.pack(_TEXT_OID)]
+    for size in dims:
+        parts.append(_INT4.pack(size) + _INT4.pack(1))
+    for value in flat:
+        if value is None:
+            parts.append(_INT4.pack(-1))
+        else:
+            data = value.encode("utf-8")
+            parts.append(_INT4.pack(len(data)) + data)
+    return b"".join(parts)
 
 
-def _encode_column(name: str, value: Any) -> bytes | None:
-    if value is None:
-        return None
-    if name in _BIGINTS:
+def _send(oid: int, value: Any) -> bytes:
+    # The binary send format of one value of the given type.
+    if oid == 20:
         return _INT8.pack(value)
-    if name in _INTEGERS:
+    if oid == 23:
         return _INT4.pack(value)
-    if name in _SMALLINTS:
+    if oid == 21:
         return _INT2.pack(value)
-    if name in _TEXTS:
+    if oid == 25:
         return value.encode("utf-8")
-    if name in _BYTES:
+    if oid == 17:
         return bytes(value)
-    if name in _TIMES:
+    if oid == 1184:
         return timestamp_bytes(value)
-    if name == "business_day":
+    if oid == 1082:
         return _INT4.pack((value - _PG_EPOCH_DAY).days)
-    if name == "offline":
+    if oid == 16:
         return b"\x01" if value else b"\x00"
-    if name == "discount_kinds":
-        return array_text(value).encode("utf-8")
-    raise AssertionError(f"column {name} has no encoding")  # pragma: no cover - the sets above cover TAP_COLUMNS
+    if oid == 1009:
+        return text_array_bytes(value)
+    raise AssertionError(f"type {oid} has no encoding")  # pragma: no cover - TAP_COLUMN_TYPES uses only the above
 
 
 def encode_row(row: Mapping[str, Any]) -> bytes:
-    """Return the canonical encoding v1 of one taps row (a mapping of column name to value)."""
-    return ROW_ENCODING_VERSION + b"".join(field(_encode_column(name, row[name])) for name in TAP_COLUMNS)
+    """Return the canonical encoding v1 of one taps row (a mapping of column name to value).
+
+    It is PostgreSQL's record_send() of the row's columns: the column count,
+    then per column its type OID, its length (-1 for NULL) and its value in
+    binary send format, all integers big-endian.
+    """
+    parts = [_INT4.pack(len(TAP_COLUMN_TYPES))]
+    for name, oid in TAP_COLUMN_TYPES:
+        value = row[name]
+        if value is None:
+            parts.append(_INT4.pack(oid) + _INT4.pack(-1))
+        else:
+            data = _send(oid, value)
+            parts.append(_INT4.pack(oid) + _INT4.pack(len(data)) + data)
+    return b"".join(parts)
 
 
 def row_hash(row: Mapping[str, Any]) -> bytes:

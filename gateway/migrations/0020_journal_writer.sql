@@ -56,44 +56,19 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 ELSE '\x01'::bytea || int4send(length(value)) || value END
 $$;
 
--- Canonical encoding v1 of one journal row: version byte 0x01, then every
--- column of taps (as created in 0001) in table order, each as tapgate_field of:
--- integers, dates, times and booleans in PostgreSQL's binary send format
--- (big-endian; dates as days and times as microseconds since 2000-01-01 UTC),
--- bytea as is, text as UTF-8, and discount_kinds as the UTF-8 of its array text
--- form ('{category,cap}'). The send functions of text would follow the
--- session's client_encoding, hence convert_to. No sub-SELECT, so PostgreSQL
--- inlines the function. gateway/journal/encoding.py implements the same
--- encoding in Python.
+-- Canonical encoding v1 of one journal row: PostgreSQL's binary send format
+-- (record_send) of an anonymous record of the columns of taps as created in
+-- 0001, in table order. Columns added later are not covered: they need a v2.
+-- record_send sends text in the session's client_encoding, so the functions
+-- that hash rows pin it to UTF8. gateway/journal/encoding.py implements the
+-- same encoding in Python.
 CREATE FUNCTION tapgate_tap_encoding(t taps) RETURNS bytea
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT '\x01'::bytea
-        || tapgate_field(int8send(t.tap_id))
-        || tapgate_field(date_send(t.business_day))
-        || tapgate_field(int8send(t.batch_id))
-        || tapgate_field(convert_to(t.device_id, 'UTF8'))
-        || tapgate_field(int8send(t.device_tap_id))
-        || tapgate_field(timestamptz_send(t.tap_time))
-        || tapgate_field(timestamptz_send(t.received_at))
-        || tapgate_field(boolsend(t.offline))
-        || tapgate_field(convert_to(t.operator_id, 'UTF8'))
-        || tapgate_field(convert_to(t.route_id, 'UTF8'))
-        || tapgate_field(convert_to(t.stop_id, 'UTF8'))
-        || tapgate_field(convert_to(t.site_id, 'UTF8'))
-        || tapgate_field(int2send(t.tap_kind))
-        || tapgate_field(int2send(t.medium))
-        || tapgate_field(t.credential_id)
-        || tapgate_field(t.holder_token)
-        || tapgate_field(t.account_token)
-        || tapgate_field(int2send(t.decision))
-        || tapgate_field(int2send(t.reason))
-        || tapgate_field(convert_to(t.rider_category, 'UTF8'))
-        || tapgate_field(convert_to(t.product_id, 'UTF8'))
-        || tapgate_field(int4send(t.fare_fen))
-        || tapgate_field(int4send(t.full_fare_fen))
-        || tapgate_field(convert_to(t.discount_kinds::text, 'UTF8'))
-        || tapgate_field(int4send(t.rule_set_version))
-        || tapgate_field(t.request_digest)
+    SELECT record_send(ROW(t.tap_id, t.business_day, t.batch_id, t.device_id, t.device_tap_id, t.tap_time,
+                           t.received_at, t.offline, t.operator_id, t.route_id, t.stop_id, t.site_id, t.tap_kind,
+                           t.medium, t.credential_id, t.holder_token, t.account_token, t.decision, t.reason,
+                           t.rider_category, t.product_id, t.fare_fen, t.full_fare_fen, t.discount_kinds,
+                           t.rule_set_version, t.request_digest))
 $$;
 
 -- One tap handed to tapgate_journal_commit. Times are Unix milliseconds;
@@ -139,14 +114,17 @@ CREATE FUNCTION tapgate_journal_commit(p_worker text, p_entries tapgate_journal_
 RETURNS TABLE (ord integer, status smallint, tap_id bigint, business_day date, batch_id bigint,
                decision smallint, reason smallint, fare_fen integer, full_fare_fen integer,
                rider_category text, product_id text, discount_kinds text[], rule_set_version integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET client_encoding = 'UTF8'
+AS $$
 #variable_conflict use_column
 DECLARE
     v_prev_hash bytea;
     v_batch     bigint;
-    v_new_ords  integer[];
-    v_new_ids   bigint[];
-    v_claimed   bigint[];
+    -- Indexed by entry position: the new tap_id (NULL unless the entry is new),
+    -- and whether its QR code was used before.
+    v_ids       bigint[];
+    v_replayed  boolean[];
     v_count     integer;
     v_tap_ids   bigint[];
     v_hashes    bytea;
@@ -155,45 +133,45 @@ DECLARE
     v_chain     bytea;
 BEGIN
     -- Serialise batch commits across all workers: the lock is held until
-    -- commit, so batch ids (taken below) increase in commit order.
+    -- commit, so batch ids (taken below) increase in commit order. It also
+    -- means no other transaction of this function runs meanwhile, so the
+    -- lookups below cannot race with another writer's inserts.
     SELECT h.chain_hash INTO v_prev_hash FROM journal_chain_head h FOR UPDATE;
 
-    -- Exactly once. Entries are inserted in order, so within one call the
-    -- first entry with a given key wins and later ones see it as existing.
-    WITH src AS (
-        SELECT e.device_id, e.device_tap_id, e.business_day, e.request_digest, e.ord
-        FROM unnest(p_entries) WITH ORDINALITY AS e(device_id, device_tap_id, business_day, tap_time_ms,
-             received_at_ms, offline, operator_id, route_id, stop_id, site_id, tap_kind, medium, credential_id,
-             holder_token, account_token, decision, reason, rider_category, product_id, fare_fen, full_fare_fen,
-             discount_kinds, rule_set_version, request_digest, replay_key, rider_state, ord)
-        ORDER BY e.ord
-    ), claimed AS (
-        INSERT INTO tap_keys (device_id, device_tap_id, tap_id, business_day, request_digest)
-        SELECT s.device_id, s.device_tap_id, nextval('tap_id_seq'), s.business_day, s.request_digest
-        FROM src s ORDER BY s.ord
-        ON CONFLICT DO NOTHING
-        RETURNING device_id, device_tap_id, tap_id
-    )
-    SELECT array_agg(w.ord ORDER BY w.ord), array_agg(w.tap_id ORDER BY w.ord)
-    INTO v_new_ords, v_new_ids
-    FROM (SELECT min(s.ord)::integer AS ord, c.tap_id
-          FROM claimed c JOIN src s USING (device_id, device_tap_id)
-          GROUP BY c.device_id, c.device_tap_id, c.tap_id) w;
+    -- Classify every entry in one pass. It is new unless its key exists or an
+    -- earlier entry of this call has the same key; a new entry's QR code is
+    -- replayed if the code is already used or an earlier new entry uses it.
+    SELECT array_agg(c.new_id ORDER BY c.ord),
+           array_agg(c.replay_key IS NOT NULL AND c.new_id IS NOT NULL
+                     AND (c.replay_used OR c.replay_rank > 1) ORDER BY c.ord)
+    INTO v_ids, v_replayed
+    FROM (
+        SELECT k.ord, k.replay_key, k.replay_used,
+               CASE WHEN k.is_new THEN nextval('tap_id_seq') END AS new_id,
+               row_number() OVER (PARTITION BY k.is_new, k.replay_key ORDER BY k.ord) AS replay_rank
+        FROM (
+            SELECT e.ordinality AS ord, e.replay_key,
+                   NOT EXISTS (SELECT 1 FROM tap_keys t
+                               WHERE t.device_id = e.device_id AND t.device_tap_id = e.device_tap_id)
+                   AND row_number() OVER (PARTITION BY e.device_id, e.device_tap_id ORDER BY e.ordinality) = 1
+                       AS is_new,
+                   e.replay_key IS NOT NULL
+                   AND EXISTS (SELECT 1 FROM replay_keys r WHERE r.replay_key = e.replay_key) AS replay_used
+            FROM unnest(p_entries) WITH ORDINALITY AS e
+        ) k
+    ) c;
 
-    IF v_new_ords IS NOT NULL THEN
-        -- QR replay: the first new entry (in order) to use a replay key owns it.
-        WITH claimed AS (
-            INSERT INTO replay_keys (replay_key, tap_id, business_day, tap_time)
-            SELECT e.replay_key, n.tap_id, e.business_day,
-                   timestamptz 'epoch' + e.tap_time_ms * interval '1 millisecond'
-            FROM unnest(v_new_ords, v_new_ids) AS n(ord, tap_id)
-            JOIN unnest(p_entries) WITH ORDINALITY AS e ON e.ordinality = n.ord
-            WHERE e.replay_key IS NOT NULL
-            ORDER BY n.ord
-            ON CONFLICT DO NOTHING
-            RETURNING tap_id
-        )
-        SELECT coalesce(array_agg(c.tap_id), '{}') INTO v_claimed FROM claimed c;
+    IF EXISTS (SELECT 1 FROM unnest(v_ids) AS i(id) WHERE i.id IS NOT NULL) THEN
+        INSERT INTO tap_keys (device_id, device_tap_id, tap_id, business_day, request_digest)
+        SELECT e.device_id, e.device_tap_id, v_ids[e.ordinality], e.business_day, e.request_digest
+        FROM unnest(p_entries) WITH ORDINALITY AS e
+        WHERE v_ids[e.ordinality] IS NOT NULL;
+
+        INSERT INTO replay_keys (replay_key, tap_id, business_day, tap_time)
+        SELECT e.replay_key, v_ids[e.ordinality], e.business_day,
+               timestamptz 'epoch' + e.tap_time_ms * interval '1 millisecond'
+        FROM unnest(p_entries) WITH ORDINALITY AS e
+        WHERE v_ids[e.ordinality] IS NOT NULL AND e.replay_key IS NOT NULL AND NOT v_replayed[e.ordinality];
 
         v_batch := nextval('journal_batch_seq');
 
@@ -204,23 +182,22 @@ BEGIN
                               offline, operator_id, route_id, stop_id, site_id, tap_kind, medium, credential_id,
                               holder_token, account_token, decision, reason, rider_category, product_id,
                               fare_fen, full_fare_fen, discount_kinds, rule_set_version, request_digest)
-            SELECT n.tap_id, e.business_day, v_batch, e.device_id, e.device_tap_id,
+            SELECT v_ids[e.ordinality], e.business_day, v_batch, e.device_id, e.device_tap_id,
                    timestamptz 'epoch' + e.tap_time_ms * interval '1 millisecond',
                    timestamptz 'epoch' + e.received_at_ms * interval '1 millisecond',
                    e.offline, e.operator_id, e.route_id, e.stop_id, e.site_id, e.tap_kind, e.medium,
                    e.credential_id, e.holder_token, e.account_token,
-                   CASE WHEN r.replayed THEN 0::smallint ELSE e.decision END,
-                   CASE WHEN r.replayed THEN 43::smallint ELSE e.reason END,
+                   CASE WHEN v_replayed[e.ordinality] THEN 0::smallint ELSE e.decision END,
+                   CASE WHEN v_replayed[e.ordinality] THEN 43::smallint ELSE e.reason END,
                    e.rider_category, e.product_id,
-                   CASE WHEN r.replayed THEN 0 ELSE e.fare_fen END,
+                   CASE WHEN v_replayed[e.ordinality] THEN 0 ELSE e.fare_fen END,
                    e.full_fare_fen,
-                   CASE WHEN r.replayed THEN '{}'::text[] ELSE string_to_array(e.discount_kinds, ',') END,
+                   CASE WHEN v_replayed[e.ordinality] THEN '{}'::text[] ELSE string_to_array(e.discount_kinds, ',') END,
                    e.rule_set_version, e.request_digest
-            FROM unnest(v_new_ords, v_new_ids) AS n(ord, tap_id)
-            JOIN unnest(p_entries) WITH ORDINALITY AS e ON e.ordinality = n.ord
-            CROSS JOIN LATERAL (SELECT e.replay_key IS NOT NULL AND NOT (n.tap_id = ANY (v_claimed)) AS replayed) r
+            FROM unnest(p_entries) WITH ORDINALITY AS e
+            WHERE v_ids[e.ordinality] IS NOT NULL
             RETURNING *
-        ), hashed AS (
+        ), hashed AS MATERIALIZED (
             SELECT r.tap_id, sha256(tapgate_tap_encoding(ROW(r.*)::taps)) AS row_hash FROM rows r
         )
         SELECT count(*)::integer,
@@ -233,12 +210,11 @@ BEGIN
         -- Rider states of accepted, not replayed taps; the last entry of a
         -- holder in this call wins.
         INSERT INTO rider_states AS rs (holder_token, state, tap_id, updated_at)
-        SELECT DISTINCT ON (e.holder_token) e.holder_token, e.rider_state, n.tap_id, now()
-        FROM unnest(v_new_ords, v_new_ids) AS n(ord, tap_id)
-        JOIN unnest(p_entries) WITH ORDINALITY AS e ON e.ordinality = n.ord
-        WHERE e.rider_state IS NOT NULL AND e.holder_token IS NOT NULL AND e.decision = 1
-          AND NOT (e.replay_key IS NOT NULL AND NOT (n.tap_id = ANY (v_claimed)))
-        ORDER BY e.holder_token, n.ord DESC
+        SELECT DISTINCT ON (e.holder_token) e.holder_token, e.rider_state, v_ids[e.ordinality], now()
+        FROM unnest(p_entries) WITH ORDINALITY AS e
+        WHERE v_ids[e.ordinality] IS NOT NULL AND NOT v_replayed[e.ordinality]
+          AND e.rider_state IS NOT NULL AND e.holder_token IS NOT NULL AND e.decision = 1
+        ORDER BY e.holder_token, e.ordinality DESC
         ON CONFLICT (holder_token) DO UPDATE
             SET state = EXCLUDED.state, tap_id = EXCLUDED.tap_id, updated_at = EXCLUDED.updated_at;
 
@@ -256,16 +232,38 @@ BEGIN
         UPDATE journal_chain_head SET batch_id = v_batch, chain_hash = v_chain;
     END IF;
 
+    -- New entries are answered from what was just written; the others from
+    -- the row of the first request with their key.
     RETURN QUERY
     SELECT e.ordinality::integer,
-           CASE WHEN t.tap_id IS NULL THEN 3
-                WHEN e.ordinality::integer = ANY (coalesce(v_new_ords, '{}')) THEN 0
-                WHEN k.request_digest = e.request_digest THEN 1
+           CASE WHEN v_ids[e.ordinality] IS NOT NULL THEN 0
+                WHEN o.tap_id IS NULL THEN 3
+                WHEN o.request_digest = e.request_digest THEN 1
                 ELSE 2 END::smallint,
-           k.tap_id, k.business_day, t.batch_id, t.decision, t.reason, t.fare_fen, t.full_fare_fen,
-           t.rider_category, t.product_id, t.discount_kinds, t.rule_set_version
+           coalesce(v_ids[e.ordinality], o.tap_id),
+           CASE WHEN v_ids[e.ordinality] IS NOT NULL THEN e.business_day ELSE o.business_day END,
+           CASE WHEN v_ids[e.ordinality] IS NOT NULL THEN v_batch ELSE o.batch_id END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.decision
+                WHEN v_replayed[e.ordinality] THEN 0::smallint ELSE e.decision END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.reason
+                WHEN v_replayed[e.ordinality] THEN 43::smallint ELSE e.reason END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.fare_fen
+                WHEN v_replayed[e.ordinality] THEN 0 ELSE e.fare_fen END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.full_fare_fen ELSE e.full_fare_fen END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.rider_category ELSE e.rider_category END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.product_id ELSE e.product_id END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.discount_kinds
+                WHEN v_replayed[e.ordinality] THEN '{}'::text[] ELSE string_to_array(e.discount_kinds, ',') END,
+           CASE WHEN v_ids[e.ordinality] IS NULL THEN o.rule_set_version ELSE e.rule_set_version END
     FROM unnest(p_entries) WITH ORDINALITY AS e
-    JOIN tap_keys k ON k.device_id = e.device_id AND k.device_tap_id = e.device_tap_id
-    LEFT JOIN taps t ON t.business_day = k.business_day AND t.tap_id = k.tap_id
+    LEFT JOIN LATERAL (
+        SELECT k.tap_id, k.request_digest, t.business_day, t.batch_id, t.decision, t.reason, t.fare_fen,
+               t.full_fare_fen, t.rider_category, t.product_id, t.discount_kinds, t.rule_set_version
+        FROM tap_keys k
+        JOIN taps t ON t.business_day = k.business_day AND t.tap_id = k.tap_id
+        WHERE v_ids[e.ordinality] IS NULL AND k.device_id = e.device_id AND k.device_tap_id = e.device_tap_id
+        -- OFFSET 0 keeps this a per-entry lookup that new entries skip, not a join over whole tables.
+        OFFSET 0
+    ) o ON true
     ORDER BY e.ordinality;
 END $$;

@@ -65,13 +65,11 @@ async def test_python_encoding_matches_database(pool: asyncpg.Pool):
 
 
 @pytest.mark.parametrize("kinds", [
-    [], ["cap"], ["category", "transfer", "cap"], ["a,b"], [""], ["NULL"], ["null"], [None], ['say "hi"'],
-    ["back\\slash"], ["two words"], ["{brace}"], ["tab\there"], ["车站"],
+    [], ["cap"], ["category", "transfer", "cap"], ["a,b"], [""], [None], ["x", None], ["车站"],
+    [["a", "b"], ["c", "d"]],
 ])
-async def test_array_text_matches_database(pool: asyncpg.Pool, kinds: list[str | None]):
-    # discount_kinds is encoded through its text form, so the Python quoting must match array_out().
-    text = await pool.fetchval("SELECT $1::text[]::text", kinds)
-    assert encoding.array_text(kinds) == text
+async def test_array_encoding_matches_database(pool: asyncpg.Pool, kinds: list):
+    assert encoding.text_array_bytes(kinds) == bytes(await pool.fetchval("SELECT array_send($1::text[])", kinds))
 
 
 async def test_encoding_of_unusual_values_matches_database(pool: asyncpg.Pool):
