@@ -1,9 +1,9 @@
 """The comparison server of bench_gateway.py: the tap endpoint written the way most teams would.
 
-FastAPI on uvicorn, a pydantic model for the body, the same device HMAC
-check, PyNaCl verification of the same QR code (issuer signature, then the
-holder's signature, no credential cache), and one INSERT per tap through an
-asyncpg pool, each its own durable commit. No fare rules and no deny lists,
+FastAPI on uvicorn, a pydantic model for the body, and the same device HMAC
+check. PyNaCl verifies the same QR code (issuer signature, then the holder's
+signature, with no credential cache). Each tap is one INSERT through an
+asyncpg pool, committed durably on its own. No fare rules and no deny lists,
 so it does less work per tap than the gateway.
 
 Configured by environment variables set by bench_gateway.py:
@@ -85,14 +85,14 @@ app = FastAPI(lifespan=lifespan)
 def check_auth(request: Request, body: bytes) -> str:
     match = _HEADER.match(request.headers.get("authorization", ""))
     if match is None:
-        raise HTTPException(401, "bad authorization header")
+        raise HTTPException(401, "missing or malformed Authorization header")
     device_id, ts, nonce, sig = match.groups()
     secret = state["devices"].get(device_id)  # type: ignore[union-attr]
     if secret is None:
         raise HTTPException(401, "unknown device")
     message = f"POST\n{request.url.path}\n{ts}\n{nonce}\n{hashlib.sha256(body).hexdigest()}".encode()
     if not hmac.compare_digest(hmac.new(secret, message, hashlib.sha256).hexdigest(), sig):
-        raise HTTPException(401, "bad signature")
+        raise HTTPException(401, "invalid request signature")
     return device_id
 
 

@@ -2,7 +2,7 @@
 
 Every request is built and signed before the clock starts (a fresh QR code,
 a fresh nonce and its HMAC), so the generator only writes bytes and reads
-answers while it measures. Two modes:
+responses while it measures. ``bench_gateway.py`` drives it. Two modes:
 
 - closed loop (``rate=None``): each connection sends its next request as soon
   as the previous answer arrives; the completed count over the duration is
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
-import os
 import statistics
 import time
 from typing import Callable, Iterable, Iterator
@@ -47,7 +46,7 @@ def qr_tap_requests(phones: list[Phone], devices: list[tuple[DeviceCredentials, 
                     start_ms: int | None = None, first_tap_id: int = 1) -> list[bytes]:
     """Build ``count`` signed QR tap requests, riders and devices taken in turn.
 
-    ``devices`` holds (credentials, route id). Codes are presented at
+    ``devices`` contains (credentials, route id) pairs. Codes are presented at
     ``start_ms`` (default now), so the run must finish within the code lifetime.
     """
     at = start_ms if start_ms is not None else int(time.time() * 1000)
@@ -121,9 +120,7 @@ class _Connection(asyncio.Protocol):
             if end < 0:
                 return
             head = bytes(self.buffer[:end])
-            lower = head.lower()
-            at = lower.find(b"content-length:")
-            length = int(head[at + 15:head.find(b"\r\n", at) if head.find(b"\r\n", at) > 0 else None]) if at >= 0 else 0
+            length = _content_length(head)
             if len(self.buffer) < end + 4 + length:
                 return
             body = bytes(self.buffer[end + 4:end + 4 + length])
@@ -131,6 +128,14 @@ class _Connection(asyncio.Protocol):
             status = int(head[9:12])
             self.busy = False
             self.on_answer(self, status, body)
+
+
+def _content_length(head: bytes) -> int:
+    at = head.lower().find(b"content-length:")
+    if at < 0:
+        return 0
+    line_end = head.find(b"\r\n", at)
+    return int(head[at + len(b"content-length:"):line_end if line_end > 0 else None])
 
 
 async def run_load(host: str, port: int, requests: Iterable[bytes], *, connections: int, duration_s: float,
@@ -230,29 +235,3 @@ async def _pace(rate: float, started: float, stop_at: float, due: collections.de
             else:
                 due.append(due_at)
         await asyncio.sleep(0.0005)
-
-
-def main() -> None:
-    """Command-line use: ``python benchmarks/loadgen.py --help``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Send pre-built requests from a file of msgspec-encoded "
-                                                 "bytes to a loopback gateway.")
-    parser.add_argument("requests_file", help="file written by bench_gateway.py --save-requests")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds (default 10)")
-    parser.add_argument("--rate", type=float, help="open-loop rate in requests per second; default closed loop")
-    args = parser.parse_args()
-    with open(args.requests_file, "rb") as file:
-        requests = msgspec.msgpack.decode(file.read(), type=list[bytes])
-    import uvloop
-
-    result = uvloop.run(run_load("127.0.0.1", args.port, requests, connections=args.connections,
-                                 duration_s=args.duration, rate=args.rate))
-    print(msgspec.json.encode(result.summary()).decode())
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    main()

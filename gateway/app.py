@@ -1,8 +1,8 @@
-"""Routes of the tap server: authentication, body decoding, and the answers of every endpoint.
+"""Routes of the tap server: authentication, body decoding, and the responses of every endpoint.
 
-Bodies are JSON or MessagePack, chosen by ``Content-Type`` for requests and
-answered in the same format (``Accept`` chooses for GET). Every error answer
-has the shape ``{"error": {"code", "message_zh", "message_en", "field"?}}``.
+Bodies are JSON or MessagePack, chosen by ``Content-Type`` for requests, and
+responses use the same format (``Accept`` chooses for GET). Every error
+response has the shape ``{"error": {"code", "message_zh", "message_en", "field"?}}``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import msgspec
 from gateway import auth, denylist, http_metrics
 from gateway.errors import DatabaseError
 from gateway.http import Request, Response
-from gateway.http_schema import (DenyEntry, DenyListAnswer, ErrorAnswer, ErrorDetail, TapAnswer, TapBatchAnswer,
+from gateway.http_schema import (DenyEntry, DenyListResponse, ErrorBody, ErrorDetail, TapResponse, TapBatchResponse,
                                  TapBatchRequest, TapRequest)
 from gateway.logs import log_event
 from gateway.pipeline import TapOutcome, TapPipeline
@@ -43,7 +43,7 @@ _FIELD_NAME = re.compile(r"(?:unknown|required) field `([^`]+)`")
 
 
 class HttpError(Exception):
-    """An answer other than 200, raised inside a route and turned into an error body."""
+    """A response other than 200, raised inside a route and turned into an error body."""
 
     def __init__(self, status: int, code: str, message_en: str, message_zh: str, *, field: str | None = None,
                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -62,12 +62,12 @@ def encode_body(value: Any, content_type: bytes) -> bytes:
 
 def error_response(status: int, code: str, message_en: str, message_zh: str, *, field: str | None = None,
                    content_type: bytes = JSON, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
-    body = ErrorAnswer(error=ErrorDetail(code=code, message_zh=message_zh, message_en=message_en, field=field))
+    body = ErrorBody(error=ErrorDetail(code=code, message_zh=message_zh, message_en=message_en, field=field))
     return Response(status, encode_body(body, content_type), content_type, headers)
 
 
 def plain_error_response(status: int, code: str, message_en: str, message_zh: str) -> Response:
-    """Error answer for requests that could not be parsed at all (always JSON)."""
+    """Error response for requests that could not be parsed at all (always JSON)."""
     return error_response(status, code, message_en, message_zh)
 
 
@@ -251,7 +251,7 @@ class GatewayApp:
         batch: TapBatchRequest = decode_body(request, content_type, TapBatchRequest)
         limit = self.config.server.batch_taps_max
         if not 1 <= len(batch.taps) <= limit:
-            raise HttpError(422, "invalid_field", f"a batch holds 1 to {limit} taps, got {len(batch.taps)}",
+            raise HttpError(422, "invalid_field", f"invalid batch size {len(batch.taps)}: a batch contains 1 to {limit} taps",
                             f"一批应包含 1 到 {limit} 笔交易，实际 {len(batch.taps)} 笔", field="$.taps")
         device = authenticated.device
         for index, tap in enumerate(batch.taps):
@@ -272,7 +272,7 @@ class GatewayApp:
         await self._nonce_ok(claim)
         for outcome in outcomes:
             http_metrics.TAPS.labels(outcome.answer.decision, outcome.answer.reason_name).inc()
-        answer = TapBatchAnswer(results=[o.answer for o in outcomes], server_time_ms=int(time.time() * 1000))
+        answer = TapBatchResponse(results=[o.answer for o in outcomes], server_time_ms=int(time.time() * 1000))
         return Response(200, encode_body(answer, content_type), content_type)
 
     async def _process(self, device: Any, tap: TapRequest, received_at_ms: int) -> TapOutcome:
@@ -298,7 +298,7 @@ class GatewayApp:
             raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
         entries = [DenyEntry(kind=e.kind, subject=e.subject.hex(), active=e.active, version=e.version)
                    for e in changes.entries]
-        answer = DenyListAnswer(since=since, version=changes.version, entries=entries, more=changes.more)
+        answer = DenyListResponse(since=since, version=changes.version, entries=entries, more=changes.more)
         content_type = _answer_type(request)
         return Response(200, encode_body(answer, content_type), content_type)
 

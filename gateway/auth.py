@@ -32,7 +32,7 @@ _HEADER = re.compile(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AuthFailure:
-    """Why a request was not authenticated; answered with ``status``."""
+    """Why a request was not authenticated, and the HTTP status of the response."""
 
     status: int
     code: str
@@ -72,7 +72,7 @@ def authenticate(registry: DeviceRegistry, method: str, target: str, authorizati
         return AuthFailure(401, "device_disabled", f"device {device_id!r} is disabled", f"设备 {device_id!r} 已停用")
 
     # The signature is checked before the clock, so an attacker without the
-    # secret learns nothing about the gateway's time from the answer.
+    # secret learns nothing about the gateway's time from the response.
     expected = signature(device.secret, method, target, ts_ms, nonce_hex, body)
     if not hmac.compare_digest(expected.encode("ascii"), match.group(4)):
         return AuthFailure(401, "bad_signature",

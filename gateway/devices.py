@@ -1,6 +1,6 @@
 """The registry of validators and gates: who may submit taps, for which operator and route or site.
 
-Workers keep every device in memory and reload the table when a poll sees a
+Workers keep every device in memory and reload the table when a poll finds a
 change (a new row count or a later ``updated_at``), so a disabled device or
 a rotated secret takes effect within one refresh interval. The functions
 below the registry are the administrative operations behind

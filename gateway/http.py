@@ -1,4 +1,4 @@
-"""HTTP/1.1 server protocol on asyncio: httptools parses, the application answers.
+"""HTTP/1.1 server protocol on asyncio: httptools parses requests, the application handles them.
 
 One :class:`HttpProtocol` per connection. Requests may be pipelined: each
 complete request starts a task at once, so taps on one connection join the
@@ -10,12 +10,12 @@ Limits that protect a worker from its clients:
 - a body larger than ``body_max_bytes`` gets 413 before it is read;
 - headers larger than ``HEADERS_MAX_BYTES`` get 431;
 - at most ``PIPELINE_MAX`` requests wait per connection, beyond which the
-  protocol stops reading from the socket until answers are written;
+  protocol stops reading from the socket until responses are written;
 - an idle keep-alive connection is closed after ``KEEPALIVE_IDLE_S``.
 
 Malformed HTTP gets 400 and a closed connection. Nothing a client sends
-raises out of this module: an unexpected error in the application is
-answered 500 and logged.
+raises out of this module: an unexpected error in the application gets a
+500 response and is logged.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class ConnectionSet:
             self._empty.set()
 
     def begin_drain(self) -> None:
-        """Close idle connections now; busy ones close after their last pending answer."""
+        """Close idle connections now; busy ones close after their last pending response."""
         self.draining = True
         for protocol in list(self.connections):
             protocol.drain()
@@ -132,7 +132,7 @@ class ConnectionSet:
 
 
 class HttpProtocol(asyncio.Protocol):
-    """Parse requests from one connection, run the handler, write answers in order."""
+    """Parse requests from one connection, run the handler, write the responses in request order."""
 
     def __init__(self, handler: Handler, error_response: ErrorFactory, connections: ConnectionSet, *,
                  body_max_bytes: int, request_timeout_s: float,
@@ -159,7 +159,7 @@ class HttpProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
-        # Set by a parser callback to stop feeding the parser and answer with an error.
+        # Set by a parser callback to stop feeding the parser and respond with an error.
         self._reject: tuple[int, str, str, str] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------
@@ -179,8 +179,8 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = True
         self._cancel_timer()
         for task, _ in self._pending:
-            # The client is gone; let the task finish (its tap is journaled) but drop the answer.
-            task.remove_done_callback(self._on_answer_ready)
+            # The client is gone; let the task finish (its tap is journaled) but drop the response.
+            task.remove_done_callback(self._on_response_ready)
         self._pending.clear()
         self._connections.discard(self)
 
@@ -200,7 +200,7 @@ class HttpProtocol(asyncio.Protocol):
             return
 
     def eof_received(self) -> bool | None:
-        # A half-closed client still gets the answers it is waiting for.
+        # A half-closed client still gets the responses it is waiting for.
         return bool(self._pending)
 
     # -- httptools callbacks ----------------------------------------------
@@ -258,12 +258,12 @@ class HttpProtocol(asyncio.Protocol):
                           self._headers, body, keep_alive, self._peer)
         task = self._loop.create_task(self._run(request))
         self._pending.append((task, keep_alive))
-        task.add_done_callback(self._on_answer_ready)
+        task.add_done_callback(self._on_response_ready)
         if len(self._pending) >= PIPELINE_MAX and not self._reading_paused and self._transport is not None:
             self._transport.pause_reading()
             self._reading_paused = True
 
-    # -- answering ----------------------------------------------------------
+    # -- responding ----------------------------------------------------------
 
     async def _run(self, request: Request) -> Response:
         try:
@@ -274,7 +274,7 @@ class HttpProtocol(asyncio.Protocol):
             return self._error_response(500, "internal_error", "internal error; retry the request",
                                         "内部错误，请重试")
 
-    def _on_answer_ready(self, _task: asyncio.Task[Response]) -> None:
+    def _on_response_ready(self, _task: asyncio.Task[Response]) -> None:
         transport = self._transport
         if transport is None:
             return
@@ -296,20 +296,20 @@ class HttpProtocol(asyncio.Protocol):
                 self._arm_timer(self._limits.keepalive_idle_s, self._on_idle_timeout)
 
     def _fail(self, status: int, code: str, message_en: str, message_zh: str) -> None:
-        """Answer a request that cannot be parsed, after the answers already due, then close."""
+        """Respond to a request that cannot be parsed, after the responses already due, then close."""
         self._reject = None
         self._in_request = False
         response = self._error_response(status, code, message_en, message_zh)
         self._closing = True
         self._cancel_timer()
         if self._pending:
-            # Earlier pipelined requests are answered first, then this error.
+            # Earlier pipelined requests get their responses first, then this error.
             async def after_pending() -> Response:
                 return response
 
             task = self._loop.create_task(after_pending())
             self._pending.append((task, False))
-            task.add_done_callback(self._on_answer_ready)
+            task.add_done_callback(self._on_response_ready)
         elif self._transport is not None:
             self._transport.write(encode_response(response, keep_alive=False))
             self._close_after_write()
@@ -345,7 +345,7 @@ class HttpProtocol(asyncio.Protocol):
             self._close_after_write()
 
     def drain(self) -> None:
-        """Close now if idle; otherwise answer what is pending with ``connection: close`` and then close."""
+        """Close now if idle; otherwise send the pending responses with ``connection: close``, then close."""
         if not self._pending and not self._in_request:
             self._close_after_write()
 

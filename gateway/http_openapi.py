@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.http_schema import DenyListAnswer, ErrorAnswer, TapAnswer, TapBatchAnswer, TapBatchRequest, TapRequest
+from gateway.http_schema import DenyListResponse, ErrorBody, TapResponse, TapBatchResponse, TapBatchRequest, TapRequest
 
 AUTH_DESCRIPTION = (
     "`Authorization: TAPGATE-HMAC-SHA256 device=<device_id>,ts=<unix ms>,nonce=<32 hex>,sig=<64 hex>`, where "
@@ -24,8 +24,8 @@ AUTH_DESCRIPTION = (
 def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
     response: dict[str, Any] = {
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}},
-                    "application/msgpack": {"schema": {"$ref": "#/components/schemas/ErrorAnswer"}}},
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}},
+                    "application/msgpack": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}},
     }
     if retry_after:
         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}}
@@ -57,7 +57,7 @@ _BODY_ERRORS = {
 def build_openapi() -> dict[str, Any]:
     """Return the OpenAPI document as plain data."""
     _, components = msgspec.json.schema_components(
-        [TapRequest, TapBatchRequest, TapAnswer, TapBatchAnswer, DenyListAnswer, ErrorAnswer],
+        [TapRequest, TapBatchRequest, TapResponse, TapBatchResponse, DenyListResponse, ErrorBody],
         ref_template="#/components/schemas/{name}")
     security = [{"deviceHmac": []}]
     return {
@@ -75,7 +75,7 @@ def build_openapi() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _body("TapRequest")},
                 "responses": {
                     "200": {"description": "Decision (accepted or rejected with a reason code).",
-                            "content": _body("TapAnswer")},
+                            "content": _body("TapResponse")},
                     "409": _error("The tap_id was already used by this device for a different tap."),
                     **_BODY_ERRORS, **_DEVICE_ERRORS},
             }},
@@ -85,7 +85,7 @@ def build_openapi() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": _body("TapBatchRequest")},
                 "responses": {
                     "200": {"description": "One answer per tap, in request order; status new, retry or conflict.",
-                            "content": _body("TapBatchAnswer")},
+                            "content": _body("TapBatchResponse")},
                     **_BODY_ERRORS, **_DEVICE_ERRORS},
             }},
             "/v1/deny-list": {"get": {
@@ -94,7 +94,7 @@ def build_openapi() -> dict[str, Any]:
                 "parameters": [{"name": "since", "in": "query", "required": False,
                                 "schema": {"type": "integer", "minimum": 0, "default": 0}}],
                 "responses": {"200": {"description": "Changed entries, oldest first (at most 10000).",
-                                      "content": _body("DenyListAnswer")},
+                                      "content": _body("DenyListResponse")},
                               "422": _BODY_ERRORS["422"], **_DEVICE_ERRORS},
             }},
             "/healthz": {"get": {

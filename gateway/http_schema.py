@@ -38,7 +38,7 @@ class TapBatchRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     taps: list[TapRequest]
 
 
-class TapAnswer(msgspec.Struct, kw_only=True):
+class TapResponse(msgspec.Struct, kw_only=True):
     tap_id: int
     # The gateway's id of the journal row; null when nothing was journaled (conflict).
     journal_id: int | None
@@ -51,12 +51,12 @@ class TapAnswer(msgspec.Struct, kw_only=True):
     display_zh: str
     display_en: str
     server_time_ms: int
-    # In batch answers: "new", "retry" (the original answer of an earlier upload) or "conflict".
+    # "new", "retry" (the stored response to an earlier upload of this tap) or "conflict" (batch responses).
     status: str = "new"
 
 
-class TapBatchAnswer(msgspec.Struct, kw_only=True):
-    results: list[TapAnswer]
+class TapBatchResponse(msgspec.Struct, kw_only=True):
+    results: list[TapResponse]
     server_time_ms: int
 
 
@@ -68,12 +68,12 @@ class DenyEntry(msgspec.Struct, kw_only=True):
     version: int
 
 
-class DenyListAnswer(msgspec.Struct, kw_only=True):
+class DenyListResponse(msgspec.Struct, kw_only=True):
     since: int
     # Highest version included; pass it as ``since`` next time.
     version: int
     entries: list[DenyEntry]
-    # True when more entries than one answer holds have changed; ask again with ``since=version``.
+    # True when more entries changed than one response contains; request again with ``since=version``.
     more: bool = False
 
 
@@ -84,5 +84,5 @@ class ErrorDetail(msgspec.Struct, kw_only=True, omit_defaults=True):
     field: str | None = None
 
 
-class ErrorAnswer(msgspec.Struct, kw_only=True):
+class ErrorBody(msgspec.Struct, kw_only=True):
     error: ErrorDetail

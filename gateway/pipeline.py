@@ -9,8 +9,8 @@ Order of checks, each stopping at the first rejection:
    memory, see the note at :class:`CardDuplicates`);
 4. fare rules of the rule set in effect at the tap's time, with the
    holder's rider state loaded from PostgreSQL;
-5. the journal: QR replays are caught there by a unique key, and a tap is
-   answered only after its group commit is durable.
+5. the journal: QR replays are caught there by a unique key, and the
+   response to a tap is sent only after its group commit is durable.
 
 Rejected taps are journaled too. Taps of one holder are priced one after
 another in this worker (a rider state is read, priced and written back as
@@ -32,7 +32,7 @@ import msgspec
 
 from gateway import reasons
 from gateway.devices import Device
-from gateway.http_schema import MEDIA, TAP_KINDS, TapAnswer, TapRequest
+from gateway.http_schema import MEDIA, TAP_KINDS, TapResponse, TapRequest
 from gateway.journal import JournalEntry
 from gateway.reasons import Reason
 from gateway.rules import PricingRequest, RiderState
@@ -41,9 +41,9 @@ _RULE_REASONS = {0, *range(60, 80)}
 
 
 class TapOutcome(msgspec.Struct, kw_only=True):
-    """What the server sends for one tap: the answer, or that the tap id was reused with other data."""
+    """The response for one tap, and whether the tap id was reused with other data (HTTP 409)."""
 
-    answer: TapAnswer
+    answer: TapResponse
     conflict: bool = False
 
 
@@ -119,7 +119,7 @@ class RiderStateLoader:
                 continue
             try:
                 states = await self._journal.load_rider_states(list(batch))
-            except Exception as exc:  # handed to every waiting tap, which answers 503
+            except Exception as exc:  # handed to every waiting tap, whose request then gets 503
                 for futures in batch.values():
                     for future in futures:
                         if not future.done():
@@ -134,7 +134,7 @@ class RiderStateLoader:
 class CardDuplicates:
     """Last accepted tap time per (device, credential), for the card duplicate window.
 
-    NOTE: kept per worker. A device normally holds one keep-alive connection,
+    NOTE: kept per worker. A device normally keeps one keep-alive connection,
     so its taps reach one worker; a device that spreads taps over several
     connections (and so workers) can get a card duplicate accepted twice.
     """
@@ -209,8 +209,8 @@ def fare_display(rider_category: str | None, fare_fen: int) -> tuple[str, str]:
 class TapPipeline:
     """Decide and journal taps for one worker.
 
-    ``components`` is the worker's :class:`gateway.server.Components`: it
-    holds the verifier, deny list and rule books that the refresh loop
+    ``components`` is the worker's :class:`gateway.server.Components`, which
+    contains the verifier, deny list and rule books that the refresh loop
     replaces, so every tap sees the newest ones.
     """
 
@@ -314,7 +314,7 @@ class TapPipeline:
         now_ms = int(time.time() * 1000)
         if outcome.status == "conflict":
             zh, en = display_for(Reason.TAP_ID_CONFLICT)
-            return TapOutcome(conflict=True, answer=TapAnswer(
+            return TapOutcome(conflict=True, answer=TapResponse(
                 tap_id=tap.tap_id, journal_id=None, decision="rejected", reason=int(Reason.TAP_ID_CONFLICT),
                 reason_name=Reason.TAP_ID_CONFLICT.name.lower(), fare_fen=0, full_fare_fen=0,
                 rider_category=None, display_zh=zh, display_en=en, server_time_ms=now_ms, status="conflict"))
@@ -335,7 +335,7 @@ class TapPipeline:
             reason_name = Reason(reason).name.lower()
         except ValueError:
             reason_name = f"reason_{reason}"
-        return TapOutcome(answer=TapAnswer(
+        return TapOutcome(answer=TapResponse(
             tap_id=tap.tap_id, journal_id=outcome.journal_id, decision="accepted" if accepted else "rejected",
             reason=reason, reason_name=reason_name, fare_fen=outcome.fare_fen,
             full_fare_fen=getattr(outcome, "full_fare_fen", decision.full_fare_fen),

@@ -7,8 +7,8 @@ polls every ``server.refresh_interval_s`` and swaps in whatever changed, so a
 disabled device, a deny-list entry, a key rotation or a new rule set reaches
 every worker within one interval plus one query.
 
-:meth:`Worker.drain` is the orderly stop: stop accepting, answer what is in
-flight, close idle connections, flush the journal, close the pool.
+:meth:`Worker.drain` is the orderly stop: stop accepting, respond to the
+requests in flight, close idle connections, flush the journal, close the pool.
 Tests run a worker in their own event loop; ``gateway.workers`` runs one per
 process under a supervisor.
 """

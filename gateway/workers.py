@@ -6,7 +6,7 @@ PostgreSQL pool, journal writer and in-memory views. Workers share nothing
 but PostgreSQL. Each binds its own listening socket with ``SO_REUSEPORT``,
 and the kernel spreads new connections over them.
 
-The supervisor holds a bound, non-listening socket on the port for its whole
+The supervisor keeps a bound, non-listening socket on the port for its whole
 life, so the port (also a port 0 chosen by the kernel) stays reserved while
 a worker restarts. On SIGTERM or SIGINT it forwards SIGTERM to every worker;
 each stops accepting, answers the requests in flight, flushes its journal

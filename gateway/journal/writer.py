@@ -215,9 +215,11 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._failures = 0
-        # Counts for tests and benchmarks: batches committed and entries in them.
+        # Counts for tests and benchmarks: batches committed, the new rows in
+        # them, and the seconds spent in successful commit calls.
         self.batches_committed = 0
         self.entries_committed = 0
+        self.commit_seconds = 0.0
 
     # --- lifecycle ---
 
@@ -362,6 +364,7 @@ class Journal:
             return
 
         elapsed = time.perf_counter() - started
+        self.commit_seconds += elapsed
         self._failures = 0
         metrics.JOURNAL_COMMITS.labels("ok").inc()
         metrics.JOURNAL_COMMIT_SECONDS.observe(elapsed)

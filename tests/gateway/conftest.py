@@ -111,7 +111,8 @@ class GatewayEnv:
             await conn.close()
 
 
-async def seed(dsn: str) -> tuple[IssuerKey, DeviceCredentials, DeviceCredentials]:
+async def seed(dsn: str, rules_from_ms: int | None = None) -> tuple[IssuerKey, DeviceCredentials, DeviceCredentials]:
+    """Register the issuer key, operators and devices, and publish the rule set (default: 30 days ago)."""
     issuer = IssuerKey.generate(key_id=1)
     conn = await asyncpg.connect(dsn)
     try:
@@ -120,7 +121,7 @@ async def seed(dsn: str) -> tuple[IssuerKey, DeviceCredentials, DeviceCredential
         await devices.add_operator(conn, SCENIC_OPERATOR, "scenic", "鲁山森林公园", "Lushan Forest Park")
         validator_secret = await devices.add_device(conn, VALIDATOR, BUS_OPERATOR, "validator", route_id=ROUTE)
         gate_secret = await devices.add_device(conn, GATE, SCENIC_OPERATOR, "gate", site_id=SITE)
-        await publish_example_rules(conn, now_ms() - 30 * DAY_MS)
+        await publish_example_rules(conn, rules_from_ms if rules_from_ms is not None else now_ms() - 30 * DAY_MS)
     finally:
         await conn.close()
     return issuer, DeviceCredentials(VALIDATOR, validator_secret), DeviceCredentials(GATE, gate_secret)

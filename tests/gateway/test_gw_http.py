@@ -66,7 +66,7 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
 async def test_pipelined_answers_in_request_order() -> None:
     async with EchoServer() as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        # The first request is the slowest, so its answer is ready last but must be written first.
+        # The first request is the slowest, so its response is ready last but must be written first.
         writer.write(post("/a?delay=0.2", b"1") + post("/b?delay=0.05", b"2") + post("/c", b"3"))
         answers = await read_responses(reader, 3)
         writer.close()
@@ -101,7 +101,7 @@ async def test_malformed_request_line_gets_400() -> None:
 async def test_oversized_body_gets_413_before_upload() -> None:
     async with EchoServer(body_max_bytes=4096) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        # Only the headers are sent: the answer must not wait for the announced body.
+        # Only the headers are sent, and the response must not wait for the announced body.
         writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
         [(status, body)] = await read_responses(reader, 1)
         assert status == 413

@@ -96,7 +96,7 @@ async def test_tls_serves_taps(dsn: str, tmp_path: pathlib.Path) -> None:
     try:
         async with env.client(ssl=context) as client:
             response = await client.tap(env.qr_tap(env.phone()))
-        # A plain-HTTP client gets no answer from a TLS port.
+        # A plain-HTTP client gets no response from a TLS port.
         plain = GatewayClient("127.0.0.1", env.port, validator, timeout_s=2.0)
         with pytest.raises((ConnectionError, TimeoutError)):
             await plain.request("GET", "/healthz", sign=False)

@@ -247,10 +247,10 @@ async def test_batch_upload_of_offline_taps(gateway_env: GatewayEnv) -> None:
     assert all(row["offline"] for row in rows)
 
 
-async def test_offline_tap_before_first_rule_set_rejected(gateway_env: GatewayEnv) -> None:
+async def test_offline_tap_too_old_rejected(gateway_env: GatewayEnv) -> None:
     env = gateway_env
-    # The rule set is effective from 30 days ago; a tap 6 days before that has no rules
-    # (and is also past the offline upload limit), so the fast path rejects it first.
+    # A tap 36 days old is past the 7-day offline upload limit. The fast path
+    # rejects it before pricing, although no rule set was in effect then either.
     old = now_ms() - 36 * DAY_MS
     async with env.client() as client:
         answer = (await client.tap(env.qr_tap(env.phone(), tap_time_ms=old, offline=True))).decode()
@@ -318,3 +318,46 @@ async def test_validator_tap_fills_route_from_registry(gateway_env: GatewayEnv) 
     assert answer["decision"] == "accepted"
     [row] = await env.journal_rows(VALIDATOR)
     assert row["route_id"] == ROUTE
+
+
+async def test_late_upload_priced_by_version_then_in_effect(gateway_env: GatewayEnv) -> None:
+    from gateway.rules import example_document_text, store
+
+    env = gateway_env
+    # A fare rise to 150 fen takes effect one hour ago; a tap recorded offline
+    # two hours ago keeps the old 100 fen fare.
+    text = example_document_text().replace('product_id = "urban-single"\nkind = "single_ride"\nprice_fen = 100',
+                                           'product_id = "urban-single"\nkind = "single_ride"\nprice_fen = 150')
+    assert "price_fen = 150" in text
+    conn = await __import__("asyncpg").connect(env.dsn)
+    try:
+        version = await store.create_draft(conn, text, "toml", "test")
+        await store.publish(conn, version, now_ms() - 3_600_000, "test", allow_past=True)
+    finally:
+        await conn.close()
+    await wait_for_refresh(env)
+    async with env.client() as client:
+        old = (await client.tap(env.qr_tap(env.phone(), tap_time_ms=now_ms() - 7_200_000, offline=True))).decode()
+        new = (await client.tap(env.qr_tap(env.phone()))).decode()
+    assert old["fare_fen"] == 100
+    assert new["fare_fen"] == 150
+    rows = await env.journal_rows()
+    assert [row["rule_set_version"] for row in rows] == [version - 1, version]
+
+
+async def test_tap_before_any_rule_set_rejected(dsn: str) -> None:
+    from gateway.server import Worker
+    from tests.gateway.conftest import GatewayEnv as Env, seed, worker_config
+
+    issuer, validator, gate = await seed(dsn, rules_from_ms=now_ms() - 3_600_000)
+    worker = Worker(worker_config(), dsn)
+    await worker.start()
+    env = Env(dsn, worker, issuer, validator, gate)
+    try:
+        async with env.client() as client:
+            answer = (await client.tap(env.qr_tap(env.phone(), tap_time_ms=now_ms() - 2 * 3_600_000,
+                                                  offline=True))).decode()
+    finally:
+        await worker.drain(5.0)
+    assert answer["reason"] == Reason.NO_RULE_SET
+    assert answer["display_en"] == "No fare rules in effect"

@@ -157,7 +157,7 @@ async def test_sigterm_drains_taps_in_flight(dsn: str, tmp_path: pathlib.Path) -
     assert "worker.stopped" in log
     assert "clean=False" not in log
     assert failed == 0
-    # Every tap answered to a device is in the journal, exactly once.
+    # Every tap whose response reached a device is in the journal, exactly once.
     conn = await asyncpg.connect(dsn)
     try:
         journaled = {row[0] for row in await conn.fetch("SELECT tap_id FROM taps")}
