@@ -9,14 +9,20 @@ import pathlib
 from gateway.config import Config
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r} / 应为不小于 1 的整数")
-    return value
+def _at_least(minimum: int):
+    """Return an argparse type accepting whole numbers of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r} "
+                                             f"/ 应为不小于 {minimum} 的整数")
+        return value
+
+    return parse
 
 
 def _day(text: str) -> dt.date:
@@ -39,11 +45,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                     "生成发卡密钥、沂源示例票价规则、运营单位、设备和持卡人，启动网关进程，通过 HTTP 发送压缩为约一分钟的"
                     "昨日交通，完成日结清算，校验流水哈希链并生成报告。任一不变量不满足时退出码为 1。")
     group = demo.add_argument_group("demo options / 演示选项")
-    group.add_argument("--holders", type=_positive, default=3000, metavar="N",
-                       help="cardholders to issue credentials for (default 3000) / 持卡人数")
-    group.add_argument("--taps", type=_positive, default=10000, metavar="N",
-                       help="taps in the simulated day, about (default 10000) / 模拟一天的交易笔数（约数）")
-    group.add_argument("--workers", type=_positive, default=2, metavar="N",
+    group.add_argument("--holders", type=_at_least(100), default=3000, metavar="N",
+                       help="cardholders to issue credentials for, at least 100 (default 3000) / 持卡人数，至少 100")
+    group.add_argument("--taps", type=_at_least(100), default=10000, metavar="N",
+                       help="taps in the simulated day, about, at least 100 (default 10000) / 模拟一天的交易笔数（约数），至少 100")
+    group.add_argument("--workers", type=_at_least(1), default=2, metavar="N",
                        help="gateway worker processes (default 2) / 网关工作进程数")
     group.add_argument("--seed", type=int, default=1, metavar="N",
                        help="seed of the population and the day's plan; the same seed gives the same day "
@@ -54,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     group.add_argument("--day", type=_day, metavar="YYYY-MM-DD",
                        help="business day to simulate, an ended day of the last few days (default yesterday, "
                             "local time) / 模拟的营业日，默认昨天")
-    group.add_argument("--concurrency", type=_positive, default=48, metavar="N",
+    group.add_argument("--concurrency", type=_at_least(1), default=48, metavar="N",
                        help="requests in flight at once across all devices (default 48) / 同时进行中的请求数")
     group.add_argument("--no-report", action="store_true",
                        help="skip the HTML report and its charts / 不生成 HTML 报告")

@@ -39,7 +39,7 @@ def _examples(results: list[TapResult], limit: int = 3) -> str:
 
 
 def traffic_checks(results: list[TapResult]) -> list[Check]:
-    """Check every answer against what its kind of traffic must get."""
+    """Check each tap's response against the outcome its kind of traffic must get."""
     checks = []
     unanswered = [r for r in results if r.http_status == 0]
     checks.append(Check("每笔交易均得到应答", "every tap was answered", not unanswered,
@@ -66,7 +66,7 @@ def traffic_checks(results: list[TapResult]) -> list[Check]:
 
 
 async def journal_checks(conn: asyncpg.Connection, results: list[TapResult], unknown_devices: list[str]) -> list[Check]:
-    """Compare the journal with what the devices were told: every acknowledged tap once, as answered."""
+    """Compare the journal with the responses the devices received: every acknowledged tap once, as returned."""
     rows = await conn.fetch("SELECT tap_id, device_id, device_tap_id, decision, reason, fare_fen FROM taps")
     journal = {(r["device_id"], r["device_tap_id"]): r for r in rows}
     copies = collections.Counter((r["device_id"], r["device_tap_id"]) for r in rows)

@@ -35,7 +35,7 @@ ATTEMPTS_MAX = 5
 
 @dataclasses.dataclass(slots=True)
 class TapResult:
-    """What the device saw for one planned tap."""
+    """The gateway's response to one planned tap, as the device received it."""
 
     tap: p.PlannedTap
     http_status: int = 0

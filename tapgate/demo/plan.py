@@ -253,7 +253,7 @@ class _Planner:
             if not originals:
                 return
             original = self.rng.choice(originals)
-            # Another device sees the same code a few minutes later (a screenshot passed on).
+            # The same code reaches another device a few minutes later (a screenshot passed on).
             when = original.tap_time_ms + self.rng.randrange(1, 5) * MINUTE_MS
             tap = self.add(kind, device, original.holder, "qr", tap_kind, when, stop)
             tap.replay_of = original

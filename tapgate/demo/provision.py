@@ -6,8 +6,8 @@ register`` for the issuer public key, the rule store for the rule set,
 secret), :mod:`gateway.denylist` for the card issuer's lost-card reports and
 for accounts in arrears, and :mod:`settlement.accounts` for the card
 issuer's account export. In production the arrears entries come from
-settlement, when a bank returns a rejected debit; the demo's day is the
-first one, so it lists them directly, as if an earlier day had.
+settlement when a bank returns a rejected debit. The demo's day is the
+first one, so the demo lists them directly, as an earlier day would have.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import html
 import pathlib
+import time
 
+from fastpath.issuer import Phone, make_qr
 from settlement.isofiles import format_yuan
 from tapgate.demo.drive import DriveResult
 from tapgate.demo.summary import Summary, category_name, percentile, reason_label
@@ -120,6 +122,13 @@ def chart_money(summary: Summary, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def sample_qr(phone: Phone, path: pathlib.Path) -> tuple[int, int]:
+    """Draw a fresh service code of ``phone`` as a phone screen shows it; return (characters, QR version)."""
+    text = phone.qr_text(time.time_ns() // 1_000_000)
+    code = make_qr(text, path, scale=3)
+    return len(text), code.version
+
+
 def _img(path: pathlib.Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
@@ -146,7 +155,7 @@ def _table(headers: list[str], rows: list[list[object]], numeric_from: int = 1) 
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def render_html(summary: Summary, charts: dict[str, pathlib.Path]) -> str:
+def render_html(summary: Summary, charts: dict[str, pathlib.Path], qr: tuple[int, int]) -> str:
     esc = html.escape
     verdict = ('<span class="ok">全部通过 / all invariants held</span>' if summary.ok
                else '<span class="fail">有检查失败 / an invariant FAILED</span>')
@@ -184,6 +193,9 @@ the demo compresses yesterday into about a minute: tap times are the simulated t
 and device authentication use the real clock.</p>
 <h2>概况 / Overview</h2>{_table(["项目 / figure", "值 / value"], figures)}
 <h2>交易分布 / Traffic</h2>{_img(charts["hours"], "taps per hour")}
+<p>示例乘车码 / a sample service code: {qr[0]} 个字符 characters, QR 版本 version {qr[1]}，
+由持卡人手机离线生成并签名，约一分钟内有效 / made and signed offline by the holder's phone, valid for about a
+minute.</p>{_img(charts["qr"], "sample service code")}
 <h2>性能 / Latency and throughput</h2>{_img(charts["latency"], "latency")}
 <p class="note">延迟为演示进程测得的往返时间，包括签名之后的 HTTP 往返、网关校验、计费与持久化写入；
 演示进程、网关与 PostgreSQL 共用同一台机器 / latency is the round trip measured by the demo process
@@ -206,16 +218,18 @@ one machine.</p>
 """
 
 
-def write_report(summary: Summary, drive: DriveResult, out: pathlib.Path) -> pathlib.Path:
-    """Draw the charts into ``out/charts`` and write ``out/report.html``; return the report's path."""
+def write_report(summary: Summary, drive: DriveResult, phone: Phone, out: pathlib.Path) -> pathlib.Path:
+    """Draw the charts and a sample QR code of ``phone`` into ``out/charts``, write ``out/report.html``."""
     folder = out / "charts"
     folder.mkdir(exist_ok=True)
     charts = {"hours": folder / "taps_by_hour.png", "latency": folder / "latency.png",
-              "decisions": folder / "decisions.png", "money": folder / "revenue_subsidy.png"}
+              "decisions": folder / "decisions.png", "money": folder / "revenue_subsidy.png",
+              "qr": folder / "sample_qr.png"}
     chart_taps_by_hour(summary, charts["hours"])
     chart_latency(drive, summary, charts["latency"])
     chart_decisions(summary, charts["decisions"])
     chart_money(summary, charts["money"])
+    qr = sample_qr(phone, charts["qr"])
     path = out / "report.html"
-    path.write_text(render_html(summary, charts), encoding="utf-8")
+    path.write_text(render_html(summary, charts, qr), encoding="utf-8")
     return path

@@ -157,7 +157,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
     if options.report:
         from tapgate.demo.report import write_report
 
-        write_report(summary, result, out)
+        write_report(summary, result, county.holders_with("ok")[0].phone, out)
     print(text)
     print(f"\n报告 / report: {out / 'report.html'}" if options.report else "")
     print(f"总用时 / total time: {summary.total_s:.1f} s")

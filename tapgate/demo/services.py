@@ -119,7 +119,7 @@ class GatewayProcess:
         self.port: int | None = None
 
     def start(self) -> int:
-        """Start the gateway and return its port once every worker answers readiness."""
+        """Start the gateway and return its port once ``GET /readyz`` returns 200."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.environ,
                                             stdin=subprocess.DEVNULL)

@@ -131,9 +131,18 @@ def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: Da
         checks=checks)
 
 
+# Requests refused before any journaling, by HTTP status (0: no response at all).
+HTTP_REFUSALS = {
+    "401": ("设备认证失败", "device not authenticated"),
+    "0": ("无应答", "no response"),
+}
+
+
 def reason_label(decision: str, reason: int, name: str) -> str:
     if decision.startswith("http_"):
-        return f"HTTP {decision[5:]} {name}".strip()
+        status = decision[5:]
+        zh, en = HTTP_REFUSALS.get(status, ("请求被拒绝", name or "request refused"))
+        return f"HTTP {status} {zh} / {en}"
     if decision == "accepted":
         return "接受 / accepted"
     zh = ""

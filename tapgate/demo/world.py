@@ -6,9 +6,9 @@ account numbers), and then registered in PostgreSQL by :mod:`tapgate.demo.provis
 through the product's own tools. Device secrets are the exception: the device
 registry makes them, as it would in production.
 
-No personal data: holders are pseudonymous tokens with entitlements; bank
-account numbers start with 9999, a prefix no Chinese bank card uses, so none
-of them can be mistaken for a real account.
+No personal data: holders are pseudonymous tokens with entitlements. Bank
+account numbers start with 9999, a prefix the demo reserves for invented
+numbers, so none of them looks like an account of a real bank.
 """
 
 from __future__ import annotations
@@ -202,10 +202,11 @@ def build_world(model: TrafficModel, day: dt.date, holders: int, seed: int) -> W
                                       with_account=with_account))
 
     # One holder turns 65 on the demo day: the age rule applies from that day on.
-    birthday = next(h for h in population if h.status == "ok" and h.category == "elderly-60-64")
-    turning = Entitlements(birth_date=day.replace(year=day.year - 65) if (day.month, day.day) != (2, 29)
-                           else day.replace(year=day.year - 65, day=28))
-    population[birthday.index] = make_holder(issuer, birthday.index, "elderly-65+", "ok", turning, day, rng)
+    birthday = next((h for h in population if h.status == "ok" and h.category == "elderly-60-64"), None)
+    if birthday is not None:
+        turning = Entitlements(birth_date=_birth_date(day, 65, rng) if (day.month, day.day) == (2, 29)
+                               else day.replace(year=day.year - 65))
+        population[birthday.index] = make_holder(issuer, birthday.index, "elderly-65+", "ok", turning, day, rng)
 
     rogue_holders = [make_holder(rogue, n, "adult", "ok", entitlements_for("adult", day, rng), day, rng)
                      for n in range(8)]

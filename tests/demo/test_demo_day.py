@@ -79,10 +79,11 @@ def test_demo_decisions_cover_bad_traffic(demo_run) -> None:
 def test_demo_report_files(demo_run) -> None:
     out = demo_run[1]
     report = (out / "report.html").read_text(encoding="utf-8")
-    assert report.count("data:image/png;base64,") == 4
+    assert report.count("data:image/png;base64,") == 5
     assert "沂源一日演示" in report
     charts = sorted((out / "charts").glob("*.png"))
-    assert len(charts) == 4
+    assert [chart.name for chart in charts] == ["decisions.png", "latency.png", "revenue_subsidy.png",
+                                                "sample_qr.png", "taps_by_hour.png"]
     for chart in charts:
         assert chart.read_bytes().startswith(PNG_MAGIC), chart.name
 
