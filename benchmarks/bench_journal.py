@@ -23,6 +23,8 @@ PostgreSQL is started in a temporary directory and removed afterwards.
     python benchmarks/bench_journal.py --dsn postgresql://... --batch-sizes 16,64,256,512
 
 Prints one line per case and, with ``--output FILE``, writes the results as JSON.
+``tap_p50_ms``/``tap_p99_ms`` are the times from handing a tap over to its
+durable commit; ``commit_mean_ms`` is the mean time of one commit call.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ async def insert_per_commit(dsn: str, duration_s: float, producers: int) -> dict
     elapsed = time.monotonic() - started
     await pool.close()
     return {"rows": len(latencies), "rows_per_s": len(latencies) / elapsed, "commits": len(latencies),
-            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+            "tap_p50_ms": percentile(latencies, 0.5) * 1000, "tap_p99_ms": percentile(latencies, 0.99) * 1000}
 
 
 _INSERT_UNNEST = """
@@ -127,7 +129,7 @@ async def raw_unnest(dsn: str, duration_s: float, rows_per_commit: int = 256) ->
     elapsed = time.monotonic() - started
     await conn.close()
     return {"rows": rows, "rows_per_s": rows / elapsed, "commits": commits,
-            "commit_p50_ms": percentile(times, 0.5) * 1000}
+            "commit_mean_ms": statistics.mean(times) * 1000}
 
 
 async def journal_case(dsn: str, duration_s: float, producers: int, batch_max: int) -> dict[str, object]:
@@ -156,7 +158,8 @@ async def journal_case(dsn: str, duration_s: float, producers: int, batch_max: i
     batches = journal.batches_committed
     return {"rows": len(latencies), "rows_per_s": len(latencies) / elapsed, "commits": batches,
             "mean_batch": len(latencies) / batches if batches else 0.0,
-            "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000}
+            "commit_mean_ms": journal.commit_seconds / batches * 1000 if batches else 0.0,
+            "tap_p50_ms": percentile(latencies, 0.5) * 1000, "tap_p99_ms": percentile(latencies, 0.99) * 1000}
 
 
 def _journal_process(dsn: str, duration_s: float, producers: int, batch_max: int, queue) -> None:
@@ -177,8 +180,9 @@ def journal_processes(dsn: str, duration_s: float, producers: int, batch_max: in
     commits = sum(r["commits"] for r in results)
     return {"rows": rows, "rows_per_s": sum(r["rows_per_s"] for r in results), "commits": commits,
             "mean_batch": rows / commits if commits else 0.0,
-            "p50_ms": statistics.mean(r["p50_ms"] for r in results),
-            "p99_ms": max(r["p99_ms"] for r in results)}
+            "commit_mean_ms": statistics.mean(r["commit_mean_ms"] for r in results),
+            "tap_p50_ms": statistics.mean(r["tap_p50_ms"] for r in results),
+            "tap_p99_ms": max(r["tap_p99_ms"] for r in results)}
 
 
 # --- driver ---
