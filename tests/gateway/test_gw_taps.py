@@ -361,3 +361,58 @@ async def test_tap_before_any_rule_set_rejected(dsn: str) -> None:
         await worker.drain(5.0)
     assert answer["reason"] == Reason.NO_RULE_SET
     assert answer["display_en"] == "No fare rules in effect"
+
+
+async def test_unknown_issuer_key_rejected(gateway_env: GatewayEnv) -> None:
+    from fastpath.issuer import IssuerKey, Phone
+
+    env = gateway_env
+    stranger = IssuerKey.generate(key_id=9)
+    phone = Phone.new(stranger, valid_from_ms=now_ms() - DAY_MS)
+    async with env.client() as client:
+        answer = (await client.tap(env.qr_tap(phone))).decode()
+    assert answer["reason"] == Reason.UNKNOWN_KEY
+
+
+async def test_expired_credential_rejected(gateway_env: GatewayEnv) -> None:
+    from fastpath.issuer import Phone
+
+    env = gateway_env
+    phone = Phone.new(env.issuer, valid_from_ms=now_ms() - 10 * DAY_MS, valid_until_ms=now_ms() - DAY_MS)
+    async with env.client() as client:
+        answer = (await client.tap(env.qr_tap(phone))).decode()
+    assert answer["reason"] == Reason.CREDENTIAL_EXPIRED
+
+
+async def test_revoked_credential_rejected(gateway_env: GatewayEnv) -> None:
+    from gateway.denylist import add_entry
+
+    env = gateway_env
+    phone = env.phone()
+    conn = await __import__("asyncpg").connect(env.dsn)
+    try:
+        await add_entry(conn, "credential_revoked", phone.fields.credential_id, "test")
+    finally:
+        await conn.close()
+    await wait_for_refresh(env)
+    async with env.client() as client:
+        answer = (await client.tap(env.qr_tap(phone))).decode()
+    assert answer["reason"] == Reason.CREDENTIAL_REVOKED
+
+
+async def test_route_without_fare_rejected(gateway_env: GatewayEnv) -> None:
+    from gateway import devices
+    from gateway.client import DeviceCredentials
+
+    env = gateway_env
+    conn = await __import__("asyncpg").connect(env.dsn)
+    try:
+        secret = await devices.add_device(conn, "bus-99-001", "yiyuan-bus", "validator", route_id="99")
+    finally:
+        await conn.close()
+    await wait_for_refresh(env)
+    async with env.client(DeviceCredentials("bus-99-001", secret)) as client:
+        answer = (await client.tap(env.qr_tap(env.phone(), route_id="99"))).decode()
+    assert answer["decision"] == "rejected"
+    assert answer["reason"] == Reason.NO_FARE_RULE
+    assert answer["fare_fen"] == 0
