@@ -5,6 +5,10 @@ with the row hashes its batch recorded; every batch digest and chain hash is
 recomputed; every batch must link to the one before it, and the last one to
 ``journal_chain_head``. Nothing here trusts the functions in the database, so
 replacing them does not hide a change.
+
+TODO: a writer who rewrites rows, every later batch and the head
+consistently is caught only against a chain hash kept outside the
+database; nothing publishes such an anchor yet.
 """
 
 from __future__ import annotations

@@ -292,7 +292,11 @@ class Journal:
         return future
 
     async def load_rider_states(self, holder_tokens: Iterable[bytes]) -> dict[bytes, bytes]:
-        """Return the stored encoded rider state of each holder that has one, in one round trip."""
+        """Return the stored encoded rider state of each holder that has one, in one round trip.
+
+        NOTE: the state written by the last commit wins. Two workers pricing
+        taps of one holder at the same moment both start from the same state.
+        """
         tokens = list(holder_tokens)
         if not tokens:
             return {}

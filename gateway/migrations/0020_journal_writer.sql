@@ -22,6 +22,8 @@ CREATE TABLE replay_keys (
     business_day date NOT NULL,
     tap_time     timestamptz NOT NULL
 );
+-- TODO: prune keys older than the offline upload window plus the code
+-- lifetime (they can never match again); nothing deletes them yet.
 CREATE INDEX replay_keys_by_time ON replay_keys (tap_time);
 
 -- The newest encoded fare-rules rider state per holder (opaque bytes to the
