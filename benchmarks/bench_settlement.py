@@ -57,11 +57,14 @@ COLUMNS = ["tap_id", "business_day", "batch_id", "device_id", "device_tap_id", "
            "operator_id", "route_id", "tap_kind", "medium", "holder_token", "account_token", "decision", "reason",
            "rider_category", "fare_fen", "full_fare_fen", "discount_kinds", "request_digest"]
 
-# The child runs the real CLI and reports its own peak RSS on its last stderr line.
-CHILD = ("import resource, sys\n"
+# The child runs the real CLI and reports its own peak RSS on its last stderr
+# line. VmHWM belongs to the address space made by exec; ru_maxrss would
+# instead keep the peak inherited from this (larger) parent across fork and exec.
+CHILD = ("import sys\n"
          "from tapgate.cli import main\n"
          "status = main(sys.argv[1:])\n"
-         "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+         "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+         "print('MAXRSS_KB', hwm, file=sys.stderr)\n"
          "sys.exit(status)\n")
 
 
