@@ -391,6 +391,16 @@ class TestTamper:
                 result = verifier.verify(Medium.QR, changed, b"", NOW_MS)
                 assert not result.accepted, (position, replacement)
 
+    def test_every_qr_envelope_byte_flip_rejected(self, verifier, phone: Phone) -> None:
+        envelope = phone.qr_envelope(NOW_MS)
+        assert verifier.verify(Medium.QR, reencode(envelope), b"", NOW_MS).accepted
+        for position in range(len(envelope)):
+            for mask in (0x01, 0x80, 0xFF):
+                changed = bytearray(envelope)
+                changed[position] ^= mask
+                result = verifier.verify(Medium.QR, reencode(changed), b"", NOW_MS)
+                assert not result.accepted, (position, mask)
+
     def test_every_card_byte_flip_rejected(self, verifier, card: Card) -> None:
         response = card.answer(DEVICE, NONCE, NOW_MS)
         assert verifier.verify(Medium.CARD, response, DEVICE, NOW_MS).accepted
