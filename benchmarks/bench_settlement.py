@@ -12,7 +12,7 @@ What it does, on this machine, against a fresh embedded PostgreSQL (or
 3. runs ``tapgate settle close-day``, ``tapgate settle run``, the same run again
    (must rewrite byte-identical files), ``import-returns`` of a CSV with 2 %
    of the debits rejected, and ``reconcile``, each as a child process whose
-   own peak RSS (``ru_maxrss``) is reported.
+   own peak RSS (``VmHWM`` from /proc/self/status) is reported.
 
 The PostgreSQL server's memory is not included; the child processes stream
 rows through server-side cursors and SQL aggregation, so their peak RSS
