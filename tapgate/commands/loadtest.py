@@ -157,6 +157,6 @@ def print_distributed_commands(options: "runner.Options", spec_path: pathlib.Pat
     print("主节点 / master:")
     print(f"  TAPGATE_LOADTEST_SPEC={spec_path} locust -f {runner.LOCUSTFILE} --master --headless "
           f"--expect-workers {options.processes} --host {options.target or 'http://127.0.0.1:8080'} "
-          f"--csv {out / 'locust'} --html {out / 'report.html'} {classes}")
+          f"--csv {out / 'locust'} --csv-full-history --html {out / 'report.html'} {classes}")
     print("每个工作节点 / each worker:")
     print(f"  TAPGATE_LOADTEST_SPEC={spec_path} locust -f {runner.LOCUSTFILE} --worker --master-host MASTER {classes}")
