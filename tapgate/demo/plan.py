@@ -22,7 +22,7 @@ import datetime as dt
 import itertools
 import random
 
-from gateway.timeutil import LOCAL_TZ
+from gateway.timeutil import LOCAL_TZ, day_bounds
 from tapgate.demo.world import DemoDevice, Holder, World
 
 VALID = "valid"
@@ -104,11 +104,18 @@ class DayPlan:
 
 
 class _Clock:
-    """Draws tap times of the simulated day from an hourly profile."""
+    """Draws tap times of the simulated day from an hourly profile of local hours."""
 
-    def __init__(self, day: dt.date, rng: random.Random) -> None:
+    def __init__(self, day: dt.date, cutoff: dt.time, rng: random.Random) -> None:
         self.midnight_ms = int(dt.datetime.combine(day, dt.time(0, 0), tzinfo=LOCAL_TZ).timestamp()) * 1000
+        start, end = day_bounds(day, cutoff)
+        # The business day's bounds: a tap outside them would belong to another day.
+        self.start_ms = int(start.timestamp()) * 1000
+        self.end_ms = int(end.timestamp()) * 1000
         self.rng = rng
+
+    def within_day(self, when_ms: int) -> bool:
+        return self.start_ms <= when_ms < self.end_ms
 
     def draw(self, profile: list[float]) -> int:
         hour = self.rng.choices(range(24), profile)[0]
@@ -136,21 +143,19 @@ class _Holders:
 
 
 class _Planner:
-    def __init__(self, world: World, taps_target: int, seed: int) -> None:
+    def __init__(self, world: World, taps_target: int, seed: int, cutoff: dt.time) -> None:
         self.world = world
         self.rng = random.Random(seed ^ 0x5EED_DA7)
-        self.clock = _Clock(world.day, self.rng)
+        self.clock = _Clock(world.day, cutoff, self.rng)
         self.taps_target = taps_target
         self.taps: list[PlannedTap] = []
         self.seq = itertools.count()
         self.holders = _Holders(world.holders_with("ok"), self.rng)
         self.devices = {sector: world.devices_in(sector) for sector in SECTOR_SHARES}
-        self.routes: dict[str, list[DemoDevice]] = {}
-        for device in world.devices:
-            if device.route_id:
-                self.routes.setdefault(device.route_id, []).append(device)
         self.bus_profile = list(world.model.day_profile)
         self.scenic_visits: dict[str, set[int]] = {}
+        # Online QR taps of riders, listed once all trips are planned: the codes a replay may reuse.
+        self.replayable: list[PlannedTap] | None = None
         self.outages: dict[DemoDevice, tuple[int, int]] = {}
         for sector, (index, start_h, end_h) in OUTAGES.items():
             if len(self.devices[sector]) > index + 1:
@@ -165,7 +170,10 @@ class _Planner:
         return "card" if self.rng.random() < share else "qr"
 
     def add(self, kind: str, device: DemoDevice, holder: Holder | None, medium: str, tap_kind: str,
-            tap_time_ms: int, stop_id: str | None = None) -> PlannedTap:
+            tap_time_ms: int, stop_id: str | None = None) -> PlannedTap | None:
+        """Plan a tap; return None, planning nothing, if its time falls outside the business day."""
+        if not self.clock.within_day(tap_time_ms):
+            return None
         tap = PlannedTap(next(self.seq), kind, device.sector, device, holder, medium, tap_kind, tap_time_ms,
                          stop_id=stop_id)
         self.taps.append(tap)
@@ -176,7 +184,7 @@ class _Planner:
     def urban_trip(self) -> None:
         start = self.clock.draw(self.bus_profile)
         transfer = self.rng.random()
-        end = start + (60 if transfer < URBAN_TRANSFER_SHARE + URBAN_TO_COUNTY_SHARE else 25) * MINUTE_MS
+        end = start + (100 if transfer < URBAN_TRANSFER_SHARE + URBAN_TO_COUNTY_SHARE else 50) * MINUTE_MS
         holder = self.holders.take(start, end)
         if holder is None:
             return
@@ -248,15 +256,17 @@ class _Planner:
     def bad_tap(self, kind: str) -> None:
         device, tap_kind, stop, when = self.place_anywhere()
         if kind == REPLAYED_QR:
-            originals = [t for t in self.taps if t.kind == VALID and t.medium == "qr"
-                         and not self.offline_at(t.device, t.tap_time_ms)]
-            if not originals:
+            if self.replayable is None:
+                self.replayable = [t for t in self.taps if t.kind == VALID and t.medium == "qr"
+                                   and not self.offline_at(t.device, t.tap_time_ms)]
+            if not self.replayable:
                 return
-            original = self.rng.choice(originals)
+            original = self.rng.choice(self.replayable)
             # The same code reaches another device a few minutes later (a screenshot passed on).
             when = original.tap_time_ms + self.rng.randrange(1, 5) * MINUTE_MS
             tap = self.add(kind, device, original.holder, "qr", tap_kind, when, stop)
-            tap.replay_of = original
+            if tap is not None:
+                tap.replay_of = original
             return
         if kind == FORGED_ISSUER:
             holder = self.rng.choice(self.world.rogue_holders)
@@ -322,9 +332,9 @@ def _check_replay_order(dispatches: list[Dispatch]) -> None:
                 raise AssertionError(f"replay {tap.seq} is dispatched before its original {tap.replay_of.seq}")
 
 
-def plan_day(world: World, taps: int, seed: int) -> DayPlan:
-    """Return the plan of ``world``'s day with about ``taps`` taps."""
-    return _Planner(world, taps, seed).build()
+def plan_day(world: World, taps: int, seed: int, cutoff: dt.time = dt.time(0, 0)) -> DayPlan:
+    """Return the plan of ``world``'s business day (with ``cutoff``, local time) with about ``taps`` taps."""
+    return _Planner(world, taps, seed, cutoff).build()
 
 
 __all__ = ["BAD_KINDS", "DayPlan", "Dispatch", "FORGED_KINDS", "PlannedTap", "VALID", "plan_day"]

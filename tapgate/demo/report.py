@@ -89,6 +89,8 @@ def chart_decisions(summary: Summary, path: pathlib.Path) -> None:
     colours = ["#519e3e" if d == "accepted" else "#c0392b" for _, _, d in rows]
     ax.barh([label for label, _, _ in rows], [count for _, count, _ in rows], color=colours)
     ax.set_xscale("log")
+    # A bar of one tap has zero length on a log axis unless the axis starts below 1.
+    ax.set_xlim(left=0.5)
     ax.invert_yaxis()
     ax.set_xlabel("taps (log scale)")
     ax.set_title("Decisions by reason")

@@ -114,7 +114,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
 
     model = load_model()
     county = world.build_world(model, day, options.holders, options.seed)
-    day_plan = plan.plan_day(county, options.taps, options.seed)
+    day_plan = plan.plan_day(county, options.taps, options.seed, timeutil.parse_cutoff(config.journal.day_cutoff))
     _stage(f"演示日 / demo day {day}: {len(county.holders)} holders, {len(county.devices)} devices, "
            f"{len(day_plan.taps)} taps planned")
 
