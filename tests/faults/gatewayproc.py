@@ -93,6 +93,12 @@ class GatewayProcess:
                 pids.append(int(entry.name))
         return sorted(pids)
 
+    @staticmethod
+    def started_ticks(pid: int) -> int:
+        """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19])
+
     async def wait_for_workers(self, timeout_s: float = 30.0) -> list[int]:
         """Wait until all workers run again (after a kill) and return their PIDs."""
         deadline = asyncio.get_running_loop().time() + timeout_s
