@@ -3,9 +3,9 @@
 The table ``deny_list`` (migration 0001) holds one row per (kind, subject);
 an entry is removed by deactivating it, never by deleting it. Every change
 takes a new version, numbered in commit order (migration 0021), so a reader
-that has applied every change up to version N can ask for ``version > N``
+that has applied every change up to version N can request ``version > N``
 and miss nothing. Workers keep the active entries in memory
-(:class:`DenyList`) and refresh them by such deltas; validators with an
+(:class:`DenyList`) and refresh them by such deltas. Validators with an
 offline mode fetch the same deltas over HTTP (:func:`delta`).
 
 Subjects are 16 bytes: the credential id for ``card_lost`` and
@@ -52,7 +52,7 @@ class DenyDelta:
     """Changes with a version above ``since``, oldest first.
 
     ``version`` is the highest version included (``since`` if there is none);
-    pass it as the next ``since``. ``more`` says the limit cut the list short.
+    pass it as the next ``since``. ``more`` is true if the limit cut the list short.
     """
 
     since: int
@@ -70,11 +70,11 @@ def check_kind(kind: str) -> str:
 
 def check_subject(kind: str, subject: bytes) -> bytes:
     if len(subject) != SUBJECT_BYTES:
-        what = "account token" if kind == ARREARS else "credential id"
-        what_zh = "账户标识" if kind == ARREARS else "凭证编号"
+        expected = "account token" if kind == ARREARS else "credential id"
+        expected_zh = "账户标识" if kind == ARREARS else "凭证编号"
         raise DenyListError(
-            f"a {kind} subject is a {SUBJECT_BYTES}-byte {what}, got {len(subject)} bytes ({subject.hex()})",
-            f"{kind} 的对象应为 {SUBJECT_BYTES} 字节的{what_zh}，实际 {len(subject)} 字节（{subject.hex()}）")
+            f"a {kind} subject is a {SUBJECT_BYTES}-byte {expected}, got {len(subject)} bytes ({subject.hex()})",
+            f"{kind} 的对象应为 {SUBJECT_BYTES} 字节的{expected_zh}，实际 {len(subject)} 字节（{subject.hex()}）")
     return bytes(subject)
 
 
@@ -99,8 +99,8 @@ async def delta(conn: asyncpg.Connection, since: int, limit: int = DELTA_LIMIT) 
 async def add_entry(conn: asyncpg.Connection, kind: str, subject: bytes, source: str) -> int:
     """Add (or reactivate) an entry and return its new version.
 
-    ``source`` says who reported it, for example the card issuer's report
-    number; it is stored and shown by ``tapgate deny list``.
+    ``source`` names who reported it, for example the card issuer's report
+    number. It is stored and shown by ``tapgate deny list``.
     """
     check_kind(kind)
     check_subject(kind, subject)

@@ -3,7 +3,7 @@
 Workers poll :func:`load_issuer_keys_if_changed` every refresh interval
 (``server.refresh_interval_s``, 1 s by default), so a key added, retired or
 revoked reaches every worker within two seconds without a restart. The table
-holds a handful of rows, so each poll reads them all; the marker is a
+contains a handful of rows, so each poll reads them all. The marker is a
 SHA-256 over every row, which catches any change whether or not the writer
 bumped the ``version`` column.
 """

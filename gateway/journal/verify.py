@@ -1,8 +1,8 @@
 """Verification of the journal's hash chain, independent of the SQL that built it.
 
 Every row of taps is re-encoded here (gateway.journal.encoding) and compared
-with the row hashes its batch recorded; every batch digest and chain hash is
-recomputed; every batch must link to the one before it, and the last one to
+with the row hashes its batch recorded. Every batch digest and chain hash is
+recomputed. Every batch must link to the one before it, and the last one to
 ``journal_chain_head``. Nothing here trusts the functions in the database, so
 replacing them does not hide a change.
 
@@ -21,8 +21,8 @@ import asyncpg
 
 from gateway.journal import encoding
 
-# Batches read per query. Their rows are read with them, so a chunk holds
-# about CHUNK_BATCHES * batch size rows in memory.
+# Batches read per query. Their rows are read with them, so memory use is
+# about CHUNK_BATCHES * batch size rows.
 CHUNK_BATCHES = 200
 # Recent genuine batches remembered to recognise a batch inserted into the chain.
 _WINDOW = 64

@@ -9,9 +9,9 @@ an acknowledged tap is durable.
 
 If the commit fails, every append of the batch raises
 :class:`JournalUnavailable` and nothing of the batch is acknowledged. The
-commit may still have reached the disk (a connection lost after COMMIT was
-sent); the device then retries with the same tap id and gets the original
-outcome back with status ``"retry"``.
+commit may still have reached the disk if the connection was lost after
+COMMIT was sent. The device then retries with the same tap id and gets the
+original outcome back with status ``"retry"``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class JournalEntryError(JournalError, ValueError):
 class JournalUnavailable(JournalError, DatabaseError, ConnectionError):
     """The entry was not journaled: PostgreSQL failed, or the writer is closed or overloaded.
 
-    The server answers 503; the device may retry the same tap id. It is a
+    The server returns 503, and the device may retry the same tap id. It is a
     ``ConnectionError`` too, so handlers that catch connection faults catch it.
     """
 
@@ -103,7 +103,7 @@ class JournalEntry(msgspec.Struct, frozen=True):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class JournalOutcome:
-    """What the journal holds for an appended tap.
+    """The journal's record of an appended tap.
 
     For ``status == "new"`` this is the row just written (a replayed QR code
     shows decision 0, reason 43, fare 0). For ``"retry"`` and ``"conflict"`` it
@@ -138,6 +138,7 @@ def _check_entry(entry: JournalEntry) -> None:
     # Everything PostgreSQL would reject is caught here, so that one bad entry
     # is refused alone and does not fail the group commit it would join.
     problems = []
+
     if not 0 <= entry.device_tap_id <= _BIGINT_MAX:
         problems.append(f"device_tap_id={entry.device_tap_id} (expected 0 to 2^63-1)")
     for name in ("tap_time_ms", "received_at_ms"):
@@ -154,6 +155,7 @@ def _check_entry(entry: JournalEntry) -> None:
         problems.append(f"rule_set_version={entry.rule_set_version} (expected 0 to {_INTEGER_MAX})")
     if entry.fare_fen > _INTEGER_MAX or entry.full_fare_fen > _INTEGER_MAX:
         problems.append(f"fare_fen={entry.fare_fen}, full_fare_fen={entry.full_fare_fen} (expected <= {_INTEGER_MAX})")
+
     if entry.tap_kind not in (0, 1, 2, 3):
         problems.append(f"tap_kind={entry.tap_kind!r} (expected 0 board, 1 on, 2 off or 3 entry)")
     if entry.medium not in (1, 2):
@@ -169,6 +171,7 @@ def _check_entry(entry: JournalEntry) -> None:
         problems.append(f"request_digest of {len(entry.request_digest)} bytes (expected SHA-256, 32 bytes)")
     if entry.replay_key is not None and len(entry.replay_key) != 32:
         problems.append(f"replay_key of {len(entry.replay_key)} bytes (expected 32)")
+
     if problems:
         text = "; ".join(problems)
         raise JournalEntryError(f"invalid journal entry for device {entry.device_id} tap {entry.device_tap_id}: {text}",
@@ -185,7 +188,7 @@ class _Pending:
 class Journal:
     """Group-commit writer; one per worker process, shared by all its connections.
 
-    ``pool`` is an asyncpg pool of the migrated database; a flush holds one
+    ``pool`` is an asyncpg pool of the migrated database. A flush uses one
     connection for the time of its commit. ``worker`` names the writer in
     ``journal_batches``. ``pending_max`` bounds the entries waiting for a
     commit; beyond it :meth:`append` raises :class:`JournalUnavailable` at once.

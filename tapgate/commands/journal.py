@@ -115,9 +115,9 @@ def run_partitions(args: argparse.Namespace, config: Config) -> int:
             return 2
     cutoff = parse_cutoff(config.journal.day_cutoff)
     with runtime.database(config) as dsn:
-        made, listed, stray = asyncio.run(_partitions(dsn, cutoff, args))
+        created, listed, stray = asyncio.run(_partitions(dsn, cutoff, args))
     if not args.list_only:
-        print(f"已创建 {made} 个分区 / created {made} partitions")
+        print(f"已创建 {created} 个分区 / created {created} partitions")
     for name, bounds, rows in listed:
         print(f"  {name:<16} {bounds}  ~{rows} rows")
     for day, count in stray:
@@ -128,7 +128,8 @@ def run_partitions(args: argparse.Namespace, config: Config) -> int:
 
 async def _partitions(dsn: str, cutoff, args: argparse.Namespace):
     async with db.connection(dsn) as conn:
-        made = 0
+        created = 0
         if not args.list_only:
-            made = await partitions.ensure_partitions(conn, cutoff, before=args.days_before, after=args.days_after)
-        return made, await partitions.list_partitions(conn), await partitions.default_partition_days(conn)
+            created = await partitions.ensure_partitions(conn, cutoff, before=args.days_before,
+                                                         after=args.days_after)
+        return created, await partitions.list_partitions(conn), await partitions.default_partition_days(conn)

@@ -155,7 +155,7 @@ async def test_batch_row_list_edit_detected(pool: asyncpg.Pool):
 
 async def test_recomputed_batch_breaks_next_link(pool: asyncpg.Pool):
     # An editor who recomputes the digest and chain hash of the batch they changed
-    # is caught by the next batch, whose prev_hash still holds the old chain hash.
+    # is caught by the next batch, whose prev_hash still contains the old chain hash.
     batch_ids = await _fill(pool)
     target = await pool.fetchrow("SELECT * FROM journal_batches WHERE batch_id = $1", batch_ids[1])
     worker = "someone-else"
