@@ -190,7 +190,8 @@ def main() -> int:
     parser.add_argument("--output", help="also write the JSON summary to this file")
     args = parser.parse_args()
 
-    results: dict = {"machine": {"cores": os.cpu_count(), "when": dt.datetime.now(dt.timezone.utc).isoformat()},
+    results: dict = {"machine": {"cores": os.cpu_count(), "when": dt.datetime.now(dt.timezone.utc).isoformat(),
+                                 "load_average_before": os.getloadavg()},
                      "settings": vars(args)}
     print("measuring raw libsodium verification on one core ...", file=sys.stderr, flush=True)
     results["raw_verify_per_s"] = round(measure_raw_verify())
@@ -241,6 +242,8 @@ def main() -> int:
                     supply_per_s=max(2000, args.supply_per_s // 4), first_tap_id=1))
             results["baseline"]["rows"] = asyncio.run(_count(baseline_dsn, "SELECT count(*) FROM baseline_taps"))
 
+    # Other work on the machine skews every number; the load average shows how much there was.
+    results["machine"]["load_average_after"] = os.getloadavg()
     gateway_rate = results["gateway"]["max"]["rate_per_s"]
     results["ratios"] = {"gateway_to_raw_verify": round(gateway_rate / results["raw_verify_per_s"], 3)}
     if "baseline" in results:

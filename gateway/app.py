@@ -154,7 +154,7 @@ class GatewayApp:
             except HttpError as exc:
                 response = error_response(exc.status, exc.code, exc.message_en, exc.message_zh, field=exc.field,
                                           content_type=_answer_type(request), headers=exc.headers)
-        http_metrics.REQUESTS.labels(request.path if methods else "other", str(response.status)).inc()
+        http_metrics.count_request(request.path if methods else "other", response.status)
         return response
 
     # -- device authentication --------------------------------------------
@@ -235,7 +235,7 @@ class GatewayApp:
 
         answer = outcome.answer
         http_metrics.TAP_LATENCY.observe(time.perf_counter() - started)
-        http_metrics.TAPS.labels(answer.decision, answer.reason_name).inc()
+        http_metrics.count_tap(answer.decision, answer.reason_name)
         if outcome.conflict:
             raise HttpError(409, "tap_id_conflict",
                             f"tap_id {tap.tap_id} of device {device.device_id!r} was already used for a "
@@ -271,7 +271,7 @@ class GatewayApp:
                     task.cancel()
         await self._nonce_ok(claim)
         for outcome in outcomes:
-            http_metrics.TAPS.labels(outcome.answer.decision, outcome.answer.reason_name).inc()
+            http_metrics.count_tap(outcome.answer.decision, outcome.answer.reason_name)
         answer = TapBatchResponse(results=[o.answer for o in outcomes], server_time_ms=int(time.time() * 1000))
         return Response(200, encode_body(answer, content_type), content_type)
 

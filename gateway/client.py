@@ -50,7 +50,8 @@ def canonical_request(method: str, target: str, ts_ms: int, nonce: str, body: by
 
 
 def signature(secret: bytes, method: str, target: str, ts_ms: int, nonce: str, body: bytes) -> str:
-    return hmac.new(secret, canonical_request(method, target, ts_ms, nonce, body), hashlib.sha256).hexdigest()
+    # hmac.digest is OpenSSL's one-shot HMAC, several times cheaper than building an hmac.HMAC object.
+    return hmac.digest(secret, canonical_request(method, target, ts_ms, nonce, body), "sha256").hex()
 
 
 def sign_headers(creds: DeviceCredentials, method: str, path: str, body: bytes = b"",

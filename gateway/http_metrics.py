@@ -8,6 +8,7 @@ before starting them, so every worker writes its samples to shared files and
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -25,6 +26,24 @@ CREDENTIAL_CACHE = Counter("tapgate_credential_cache", "Credential cache lookups
                            "(hit or miss).", ["result"], registry=REGISTRY)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode("ascii")
+
+# Labelled children looked up once: Counter.labels() takes a lock and a dict lookup on every call.
+_tap_children: dict[tuple[str, str], Any] = {}
+_request_children: dict[tuple[str, str], Any] = {}
+
+
+def count_tap(decision: str, reason: str) -> None:
+    child = _tap_children.get((decision, reason))
+    if child is None:
+        child = _tap_children[(decision, reason)] = TAPS.labels(decision, reason)
+    child.inc()
+
+
+def count_request(route: str, status: int) -> None:
+    child = _request_children.get((route, status))
+    if child is None:
+        child = _request_children[(route, status)] = REQUESTS.labels(route, str(status))
+    child.inc()
 
 
 def exposition() -> bytes:

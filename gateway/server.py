@@ -234,7 +234,7 @@ class Worker:
 
     def note_database_error(self, exc: BaseException) -> None:
         """Count a request that failed on PostgreSQL; logged by the journal and refresh loop, not per tap."""
-        http_metrics.REQUESTS.labels("database_error", "503").inc()
+        http_metrics.count_request("database_error", 503)
 
     async def readiness_problem(self) -> tuple[str, str] | None:
         """Return (English, Chinese) of why this worker is not ready, or None if it is."""
