@@ -340,7 +340,14 @@ class Journal:
             if self._pending:
                 self._first_at = time.monotonic()
             metrics.JOURNAL_PENDING.set(len(self._pending))
-            await self._commit(batch)
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                # A bug while handling the results: fail what is still waiting and keep flushing.
+                log.exception("journal.flush_error worker=%s entries=%d", self.worker, len(batch))
+                error = JournalUnavailable(f"the journal writer failed: {exc}", f"流水写入器出错：{exc}")
+                for item in batch:
+                    _set_exception(item.future, error)
 
     async def _commit(self, batch: list[_Pending]) -> None:
         records = [_record(item.entry, item.day) for item in batch]

@@ -8,7 +8,7 @@ import uuid
 import asyncpg
 import pytest
 
-from gateway.journal import Journal, JournalEntryError, JournalUnavailable, verify_chain
+from gateway.journal import Journal, JournalEntryError, JournalIntegrityError, JournalUnavailable, verify_chain
 from tapgate import runtime
 from tests.journal.conftest import make_entry
 
@@ -146,3 +146,13 @@ async def test_server_restart_loses_no_acknowledged_tap(embedded_server):
     assert all(outcome.status in ("new", "retry") for outcome in retried)
     assert len(stored) == len(acknowledged) + len(failed)
     assert report.ok, report.problems
+
+
+async def test_retry_of_deleted_row_raises_integrity_error(journal: Journal, pool: asyncpg.Pool):
+    entry = make_entry()
+    first = await journal.append(entry)
+    await pool.execute("DELETE FROM taps WHERE tap_id = $1", first.journal_id)
+    with pytest.raises(JournalIntegrityError, match="no row in taps"):
+        await journal.append(entry)
+    # The writer goes on with other entries.
+    assert (await journal.append(make_entry())).status == "new"
