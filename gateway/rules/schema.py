@@ -27,6 +27,8 @@ Percent = Annotated[int, Meta(ge=0, le=100)]
 Age = Annotated[int, Meta(ge=0, le=150)]
 Minutes = Annotated[int, Meta(ge=1, le=1440)]
 # "07:00-09:00"; "22:00-06:00" wraps past midnight; "24:00" may end an interval.
+# Each local day is matched against its own day type, so the 00:00-06:00 part
+# of a wrapping interval counts on days of the listed types, not on the day after them.
 Interval = Annotated[str, Meta(pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$")]
 # "04-01/10-31": a yearly range of month-days, inclusive; "11-01/03-31" wraps past new year.
 MonthDayRange = Annotated[str, Meta(pattern=r"^\d{2}-\d{2}/\d{2}-\d{2}$")]

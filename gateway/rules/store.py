@@ -295,7 +295,12 @@ _compiled: dict[tuple[int, bytes, int], RuleBook] = {}
 
 
 async def load_books(conn: asyncpg.Connection) -> RuleBooks:
-    """Load and compile every published version; ``books.marker`` is the marker they match."""
+    """Load and compile every published version; ``books.marker`` is the marker they match.
+
+    Raises :class:`~gateway.rules.validate.RuleSetError` if a stored version no
+    longer passes this code's checks. A running gateway should then keep the
+    books it has and log the error, rather than price with a version missing.
+    """
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         marker = await rules_marker(conn)
         rows = await conn.fetch(
