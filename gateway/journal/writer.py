@@ -218,6 +218,8 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self._failures = 0
+        self._state_requests: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
+        self._state_task: asyncio.Task[None] | None = None
         # Counts for tests and benchmarks: batches committed, the new rows in
         # them, and the seconds spent in successful commit calls.
         self.batches_committed = 0
@@ -310,6 +312,36 @@ class Journal:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             raise JournalUnavailable(f"cannot load rider states: {exc}", f"无法读取乘客状态：{exc}") from exc
         return {bytes(row[0]): bytes(row[1]) for row in rows}
+
+    def load_rider_state(self, holder_token: bytes) -> asyncio.Future[bytes | None]:
+        """Return a future of one holder's stored encoded rider state (None if there is none).
+
+        Calls made while a lookup is in flight are answered together by the
+        next one, so concurrent taps share one round trip, as appends share
+        one commit. Fails with :class:`JournalUnavailable` like
+        :meth:`load_rider_states`.
+        """
+        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        self._state_requests.setdefault(bytes(holder_token), []).append(future)
+        if self._state_task is None or self._state_task.done():
+            self._state_task = asyncio.create_task(self._serve_state_requests(),
+                                                   name=f"journal-states-{self.worker}")
+        return future
+
+    async def _serve_state_requests(self) -> None:
+        while self._state_requests:
+            requests, self._state_requests = self._state_requests, {}
+            try:
+                states = await self.load_rider_states(requests)
+            except JournalUnavailable as exc:
+                for futures in requests.values():
+                    for future in futures:
+                        _set_exception(future, exc)
+                continue
+            for token, futures in requests.items():
+                for future in futures:
+                    if not future.done():
+                        future.set_result(states.get(token))
 
     @property
     def pending(self) -> int:
@@ -461,7 +493,7 @@ def _set_result(future: asyncio.Future[JournalOutcome], outcome: JournalOutcome)
         future.set_result(outcome)
 
 
-def _set_exception(future: asyncio.Future[JournalOutcome], exc: BaseException) -> None:
+def _set_exception(future: asyncio.Future, exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)
         # Mark it retrieved, so an abandoned future does not log "exception was never retrieved".

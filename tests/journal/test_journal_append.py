@@ -166,3 +166,25 @@ async def test_business_day_follows_cutoff(pool: asyncpg.Pool):
         midnight = await journal.append(make_entry(tap_time_ms=tap_ms))
     assert late.business_day == dt.date(2026, 12, 4)
     assert midnight.business_day == dt.date(2026, 12, 5)
+
+
+class _CountingJournal(Journal):
+    """A journal that counts its rider-state queries."""
+
+    queries = 0
+
+    async def load_rider_states(self, holder_tokens):
+        self.queries += 1
+        return await super().load_rider_states(holder_tokens)
+
+
+async def test_concurrent_state_loads_share_queries(pool: asyncpg.Pool):
+    holders = [os.urandom(16) for _ in range(50)]
+    unknown = os.urandom(16)
+    async with _CountingJournal(pool, worker="states") as journal:
+        await asyncio.gather(*(journal.append(make_entry(holder_token=h, rider_state=h[::-1])) for h in holders))
+        states = await asyncio.gather(*(journal.load_rider_state(h) for h in holders + [unknown, holders[0]]))
+    assert states[:50] == [h[::-1] for h in holders]
+    assert states[50] is None
+    assert states[51] == holders[0][::-1]
+    assert journal.queries == 1
