@@ -5,7 +5,7 @@ device's secret as a real validator does (``gateway.client.sign_headers``).
 
 - ``bus``: a validator on a bus that serves its route stop by stop and turns
   back at the end. At each stop a burst of riders boards (Poisson, scaled by
-  the day profile under the peak shape); on area-fare routes riders tap on
+  the day profile under the peak shape). On area-fare routes riders tap on
   when boarding and tap off at a later stop.
 - ``scenic``: a gate at a scenic spot with a queue standing, one entry every
   ``gate_interval_s``; the surge shape opens all gates at once on a holiday.
@@ -168,7 +168,7 @@ class DeviceUser(FastHttpUser):
         try:
             self._post(tap, body, headers, answer)
         finally:
-            # Also when Locust stops this user mid-request: the line (status 0) tells the
+            # Also when Locust stops this user mid-request. The line (status 0) shows the
             # journal check that the tap was sent, so its row, if any, is not a stray.
             self.state.answers.write(answer)
         return answer.decision == "accepted"

@@ -21,7 +21,7 @@ class Thresholds:
     p99_ms: float
     # Failed requests (transport errors, unexpected HTTP status, unexpected decision) over all requests.
     error_rate_max: float
-    # Fewest requests for a run to count; a run that sent nothing has shown nothing.
+    # Minimum requests for a run to count, because a run that sent nothing has shown nothing.
     requests_min: int = 1
 
 

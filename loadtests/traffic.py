@@ -196,7 +196,7 @@ class TrafficMaker:
              recent: dict[int, float]) -> Tap:
         """Make the request for one tap of ``kind`` at ``device``.
 
-        A replay needs an accepted code from the last few seconds; with none
+        A replay needs an accepted code from the last few seconds. With none
         at hand, the tap is sent as a valid QR code instead and its kind is ``valid_qr``.
         """
         now_s = now_ms / 1000

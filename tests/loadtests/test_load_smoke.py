@@ -1,7 +1,7 @@
 """A few seconds of ``tapgate loadtest`` against a real gateway and PostgreSQL, run as a user runs it.
 
-The run uses the test's own database and a gateway the command starts; the
-traffic model has a large share of bad traffic so every kind is sent in a
+The run uses the test's own database and a gateway the command starts. Its
+traffic model has a large share of bad traffic, so every kind is sent in a
 few seconds. Thresholds are loose because the test checks the machinery
 (reports, chart, journal comparison, verdict), not the speed of a shared
 test machine.
@@ -71,7 +71,8 @@ def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, n
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"]
-    assert summary["totals"]["requests"] == check["sent"]
+    # A request cut short when Locust stops its user is in the answer file (status 0) but not in Locust's counts.
+    assert 0 <= check["sent"] - summary["totals"]["requests"] <= 6
 
     # The same run judged with an impossible p99 limit fails and names the threshold.
     strict = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--judge-only", "--p99-ms", "0.001")
