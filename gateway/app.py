@@ -278,7 +278,9 @@ class GatewayApp:
     async def _process(self, device: Any, tap: TapRequest, received_at_ms: int) -> TapOutcome:
         timeout_s = self.config.database.connect_timeout_s
         try:
-            return await asyncio.wait_for(self.pipeline.process(device, tap, received_at_ms), timeout_s)
+            # asyncio.timeout cancels this task at the deadline without wrapping the call in a second task.
+            async with asyncio.timeout(timeout_s):
+                return await self.pipeline.process(device, tap, received_at_ms)
         except (DatabaseError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             # DatabaseError includes the journal's JournalUnavailable; OSError includes ConnectionError.
             self.worker.note_database_error(exc)
