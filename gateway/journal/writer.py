@@ -30,7 +30,7 @@ from gateway import metrics
 from gateway.errors import DatabaseError, GatewayError
 from gateway.journal.partitions import PARTITION_REFRESH_S, ensure_partitions
 from gateway.logs import log_event
-from gateway.timeutil import business_day, from_unix_ms
+from gateway.timeutil import business_day, day_bounds, from_unix_ms, to_unix_ms
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,7 @@ class Journal:
         self._failures = 0
         self._state_requests: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
         self._state_task: asyncio.Task[None] | None = None
+        self._day_bounds = (0, 0, dt.date(1970, 1, 1))
         # Counts for tests and benchmarks: batches committed, the new rows in
         # them, and the seconds spent in successful commit calls.
         self.batches_committed = 0
@@ -286,7 +287,7 @@ class Journal:
             raise JournalUnavailable(
                 f"the journal is overloaded: {len(self._pending)} entries wait for a commit",
                 f"流水写入繁忙：{len(self._pending)} 笔等待提交", "retry shortly / 请稍后重试")
-        day = business_day(from_unix_ms(entry.tap_time_ms), self.day_cutoff)
+        day = self._business_day(entry.tap_time_ms)
         future: asyncio.Future[JournalOutcome] = asyncio.get_running_loop().create_future()
         if not self._pending:
             self._first_at = time.monotonic()
@@ -342,6 +343,16 @@ class Journal:
                 for future in futures:
                     if not future.done():
                         future.set_result(states.get(token))
+
+    def _business_day(self, tap_time_ms: int) -> dt.date:
+        # Most taps fall in the same business day as the previous one, so keep its bounds.
+        start_ms, end_ms, day = self._day_bounds
+        if start_ms <= tap_time_ms < end_ms:
+            return day
+        day = business_day(from_unix_ms(tap_time_ms), self.day_cutoff)
+        start, end = day_bounds(day, self.day_cutoff)
+        self._day_bounds = (to_unix_ms(start), to_unix_ms(end), day)
+        return day
 
     @property
     def pending(self) -> int:
@@ -415,7 +426,7 @@ class Journal:
         metrics.JOURNAL_COMMITS.labels("ok").inc()
         metrics.JOURNAL_COMMIT_SECONDS.observe(elapsed)
         metrics.JOURNAL_BATCH_TAPS.observe(len(batch))
-        new_rows = 0
+        counts = [0, 0, 0]
         by_ord = {row["ord"]: row for row in rows}
         for ord_, item in enumerate(batch, start=1):
             row = by_ord.get(ord_)
@@ -427,17 +438,19 @@ class Journal:
                     f"设备 {item.entry.device_id} 交易 {item.entry.device_tap_id} 有键但流水缺失",
                     "run `tapgate journal verify` / 请运行 `tapgate journal verify`"))
                 continue
-            new_rows += status == 0
-            metrics.JOURNAL_ENTRIES.labels(STATUS_NAMES[status]).inc()
+            counts[status] += 1
             _set_result(item.future, JournalOutcome(
                 status=STATUS_NAMES[status], journal_id=row["tap_id"], business_day=row["business_day"],
                 batch_id=row["batch_id"], decision=row["decision"], reason=row["reason"],
                 fare_fen=row["fare_fen"], full_fare_fen=row["full_fare_fen"],
                 rider_category=row["rider_category"], product_id=row["product_id"],
                 discount_kinds=tuple(row["discount_kinds"] or ()), rule_set_version=row["rule_set_version"]))
-        if new_rows:
+        for status, count in enumerate(counts):
+            if count:
+                metrics.JOURNAL_ENTRIES.labels(STATUS_NAMES[status]).inc(count)
+        if counts[0]:
             self.batches_committed += 1
-            self.entries_committed += new_rows
+            self.entries_committed += counts[0]
 
     def _fail(self, batch: list[_Pending], exc: BaseException, *, bad_entry: bool = False) -> None:
         metrics.JOURNAL_COMMITS.labels("failed").inc()

@@ -188,3 +188,14 @@ async def test_concurrent_state_loads_share_queries(pool: asyncpg.Pool):
     assert states[50] is None
     assert states[51] == holders[0][::-1]
     assert journal.queries == 1
+
+
+async def test_business_day_changes_at_cutoff(pool: asyncpg.Pool):
+    import datetime as dt
+
+    # 2026-12-04 18:00 UTC is 02:00 on 12-05 in Yiyuan: the cut-off itself starts the new day.
+    cutoff_ms = 1_796_407_200_000
+    async with Journal(pool, worker="edge", day_cutoff=dt.time(2, 0)) as journal:
+        days = [(await journal.append(make_entry(tap_time_ms=ms))).business_day
+                for ms in (cutoff_ms - 1, cutoff_ms, cutoff_ms - 1, cutoff_ms + 86_400_000)]
+    assert days == [dt.date(2026, 12, 4), dt.date(2026, 12, 5), dt.date(2026, 12, 4), dt.date(2026, 12, 6)]
