@@ -86,6 +86,10 @@ def _body_type(request: Request) -> bytes:
 
 
 def _answer_type(request: Request) -> bytes:
+    """Return the format of the response: the request body's format, else the one ``Accept`` names."""
+    sent = request.headers.get(b"content-type", b"")
+    if b"msgpack" in sent:
+        return MSGPACK
     accept = request.headers.get(b"accept", b"")
     return MSGPACK if b"msgpack" in accept and b"json" not in accept else JSON
 

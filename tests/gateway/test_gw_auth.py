@@ -241,3 +241,16 @@ async def test_unknown_path_and_method(gateway_env: GatewayEnv) -> None:
     status, headers, _ = await raw_exchange(env, b"GET /v1/taps HTTP/1.1\r\nHost: t\r\n\r\n")
     assert status == 405
     assert headers["allow"] == "POST"
+
+
+async def test_msgpack_request_gets_msgpack_error(gateway_env: GatewayEnv) -> None:
+    env = gateway_env
+    tap = env.qr_tap(env.phone())
+    tap["tap_kind"] = "teleport"
+    body = msgspec.msgpack.encode(tap)
+    status, headers, answer = await raw_exchange(
+        env, signed_request(env.validator, body, content_type="application/msgpack"))
+    assert status == 422
+    assert headers["content-type"] == "application/msgpack"
+    error = msgspec.msgpack.decode(answer)["error"]
+    assert error["field"] == "$.tap_kind"
