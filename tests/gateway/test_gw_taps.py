@@ -416,3 +416,36 @@ async def test_route_without_fare_rejected(gateway_env: GatewayEnv) -> None:
     assert answer["decision"] == "rejected"
     assert answer["reason"] == Reason.NO_FARE_RULE
     assert answer["fare_fen"] == 0
+
+
+async def test_code_from_future_rejected(gateway_env: GatewayEnv) -> None:
+    env = gateway_env
+    ahead = now_ms() + 5 * 60_000
+    tap = env.qr_tap(env.phone(), tap_time_ms=ahead)
+    tap["tap_time_ms"] = now_ms()
+    async with env.client() as client:
+        answer = (await client.tap(tap)).decode()
+    assert answer["reason"] == Reason.CODE_FROM_FUTURE
+
+
+async def test_credential_not_yet_valid_rejected(gateway_env: GatewayEnv) -> None:
+    from fastpath.issuer import Phone
+
+    env = gateway_env
+    phone = Phone.new(env.issuer, valid_from_ms=now_ms() + DAY_MS)
+    async with env.client() as client:
+        answer = (await client.tap(env.qr_tap(phone))).decode()
+    assert answer["reason"] == Reason.CREDENTIAL_NOT_YET_VALID
+
+
+async def test_altered_credential_fails_issuer_signature(gateway_env: GatewayEnv) -> None:
+    import base64
+
+    env = gateway_env
+    tap = env.card_tap(env.card())
+    raw = bytearray(base64.b64decode(tap["presented"]))
+    raw[2 + 40] ^= 0x01  # one bit of the holder token inside the issuer-signed credential body
+    tap["presented"] = base64.b64encode(bytes(raw)).decode()
+    async with env.client() as client:
+        answer = (await client.tap(tap)).decode()
+    assert answer["reason"] == Reason.ISSUER_SIGNATURE_INVALID
