@@ -15,6 +15,11 @@ Order of checks, each stopping at the first rejection:
 Rejected taps are journaled too. Taps of one holder are priced one after
 another in this worker (a rider state is read, priced and written back as
 one step), so two quick taps of one rider never price from the same state.
+
+NOTE: that ordering holds within one worker only. Two taps of one rider
+reaching two workers at the same moment both price from the same stored
+state, and the later commit's state wins, so a transfer or cap count can be
+off by one tap in that case.
 """
 
 from __future__ import annotations
