@@ -27,6 +27,7 @@ from typing import Iterable
 import asyncpg
 import msgspec
 
+from gateway.timeutil import from_unix_ms
 from loadtests import scenario as sc
 from loadtests.answers import Answer, read_answers
 from loadtests.fixture import Fixture
@@ -64,12 +65,14 @@ class CheckReport(msgspec.Struct, kw_only=True):
     problems: list[str]
 
 
-async def fetch_journal(dsn: str, device_ids: list[str]) -> list[asyncpg.Record]:
+async def fetch_journal(dsn: str, device_ids: list[str], since_ms: int = 0) -> list[asyncpg.Record]:
+    """Return the journal rows of ``device_ids`` received at or after ``since_ms`` (Unix ms)."""
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(
-            "SELECT device_id, device_tap_id, tap_id, decision, reason FROM taps WHERE device_id = ANY($1::text[])",
-            device_ids)
+            "SELECT device_id, device_tap_id, tap_id, decision, reason FROM taps "
+            "WHERE device_id = ANY($1::text[]) AND received_at >= $2",
+            device_ids, from_unix_ms(since_ms))
     finally:
         await conn.close()
 
@@ -167,8 +170,8 @@ def _journal_mismatch(answer: Answer, rows: list) -> str | None:
 
 
 async def check_run(dsn: str, answers_dir: str | os.PathLike[str], fixture: Fixture,
-                    fare_reasons_allowed: Iterable[int]) -> CheckReport:
-    """Read the answer files, fetch the journal rows of the run's devices and compare them."""
+                    fare_reasons_allowed: Iterable[int], since_ms: int = 0) -> CheckReport:
+    """Read the answer files, fetch the journal rows of the run's devices since ``since_ms`` and compare them."""
     device_ids = fixture.device_ids() + [d.device_id for d in fixture.unknown_devices]
-    journal = await fetch_journal(dsn, device_ids)
+    journal = await fetch_journal(dsn, device_ids, since_ms)
     return compare(read_answers(answers_dir), journal, fixture, fare_reasons_allowed)

@@ -156,7 +156,7 @@ def build_spec(options: Options, fixture_path: pathlib.Path) -> sc.RunSpec:
                       fixture_path=str(fixture_path), answers_dir=str(options.out_dir / "answers"),
                       out_dir=str(options.out_dir), processes=options.processes,
                       code_lifetime_s=options.code_lifetime_s, clock_skew_s=options.clock_skew_s,
-                      device_rate_per_s=options.device_rate_per_s)
+                      device_rate_per_s=options.device_rate_per_s, started_ms=time.time_ns() // 1_000_000)
 
 
 def locust_command(options: Options, url: str) -> list[str]:
@@ -262,7 +262,9 @@ def judge_directory(options: Options, dsn: str) -> int:
 def judge(options: Options, dsn: str, run_fixture: fixture.Fixture) -> int:
     """Check correctness and thresholds, draw the chart, write ``summary.json``; return the exit status."""
     out = options.out_dir
-    correctness = asyncio.run(check.check_run(dsn, out / "answers", run_fixture, options.model.fare_reasons_allowed))
+    since_ms = sc.read_spec(out / "spec.json").started_ms
+    correctness = asyncio.run(check.check_run(dsn, out / "answers", run_fixture, options.model.fare_reasons_allowed,
+                                              since_ms=since_ms))
     (out / "check.json").write_bytes(msgspec.json.format(msgspec.json.encode(correctness)))
 
     # NOTE: with several Locust processes these totals can miss the workers' last statistics

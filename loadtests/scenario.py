@@ -172,6 +172,9 @@ class RunSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     clock_skew_s: int = 30
     # The gateway's per-device request limit; each simulated device stays below 90 % of it.
     device_rate_per_s: float = 50.0
+    # Unix ms when the specification was written. The journal check ignores rows received
+    # earlier, which a reused fixture's devices may have from an earlier run.
+    started_ms: int = 0
     # Seconds a request may take before Locust counts it as failed.
     request_timeout_s: float = 10.0
 

@@ -189,3 +189,27 @@ def test_model_ids_match_example_rule_set(small_model: sc.TrafficModel) -> None:
         if route.fare_structure == "area":
             assert set(route.stops) <= stops
     assert {s.site_id for s in small_model.sites} == {s.site_id for s in doc.sites}
+
+
+async def test_check_ignores_rows_before_run(dsn: str, small_model: sc.TrafficModel, tmp_path: pathlib.Path) -> None:
+    # A reused fixture's devices have rows from earlier runs; they are not this run's strays.
+    import time
+
+    made = await provision(dsn, small_model, tmp_path / "fixture.json", tmp_path / "issuer.key")
+    device = made.devices[0]
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "INSERT INTO taps (tap_id, business_day, batch_id, device_id, device_tap_id, tap_time, received_at, "
+            "operator_id, route_id, tap_kind, medium, decision, reason, request_digest) "
+            "VALUES (nextval('tap_id_seq'), current_date, 1, $1, 9, now(), now() - interval '1 hour', $2, $3, "
+            "0, 2, 1, 0, '\\x00')",
+            device.device_id, device.operator_id, device.route_id)
+    finally:
+        await conn.close()
+    (tmp_path / "answers").mkdir()
+
+    everything = await check_run(dsn, tmp_path / "answers", made, [61])
+    assert everything.journal_rows_never_sent == 1
+    this_run = await check_run(dsn, tmp_path / "answers", made, [61], since_ms=time.time_ns() // 1_000_000 - 60_000)
+    assert this_run.journal_rows == 0

@@ -99,3 +99,26 @@ def test_stepped_search_reports_steps(dsn: str, tmp_path: pathlib.Path) -> None:
     assert "last step held" in stepped["stopped_because"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stepped"] == stepped
+
+
+def test_remote_target_rejected_without_flag(tmp_path: pathlib.Path) -> None:
+    result = run_cli("loadtest", "--target", "http://192.0.2.10:8080", "--out", str(tmp_path / "out"),
+                     "--data-dir", str(tmp_path / "pg"), timeout=60)
+    assert result.returncode == 1
+    assert "is not a loopback address" in result.stderr
+    assert "--allow-remote" in result.stderr
+    assert not (tmp_path / "pg").exists()
+
+
+def test_prepare_only_writes_run_files(dsn: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "run1"
+    result = run_cli("loadtest", "--dsn", dsn, "--processes", "3", "--users", "30", "--out", str(out),
+                     "--prepare-only", timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    spec = sc.read_spec(out / "spec.json")
+    assert spec.processes == 3
+    assert pathlib.Path(spec.fixture_path) == out / "fixture.json"
+    assert "--master --headless --expect-workers 3" in result.stdout
+    assert "--csv-full-history" in result.stdout
+    assert "--worker --master-host MASTER" in result.stdout
+    assert not (out / "locust_stats.csv").exists()
