@@ -158,6 +158,7 @@ class HttpProtocol(asyncio.Protocol):
         self._pending: collections.deque[tuple[asyncio.Task[Response], bool]] = collections.deque()
         self._reading_paused = False
         self._closing = False
+        self._eof = False
         self._timer: asyncio.TimerHandle | None = None
         # Set by a parser callback to stop feeding the parser and respond with an error.
         self._reject: tuple[int, str, str, str] | None = None
@@ -200,7 +201,9 @@ class HttpProtocol(asyncio.Protocol):
             return
 
     def eof_received(self) -> bool | None:
-        # A half-closed client still gets the responses it is waiting for.
+        # A half-closed client still gets the responses it is waiting for; the
+        # connection closes once they are written.
+        self._eof = True
         return bool(self._pending)
 
     # -- httptools callbacks ----------------------------------------------
@@ -290,7 +293,7 @@ class HttpProtocol(asyncio.Protocol):
             transport.resume_reading()
             self._reading_paused = False
         if not self._pending and not self._in_request:
-            if self._connections.draining:
+            if self._connections.draining or self._eof:
                 self._close_after_write()
             else:
                 self._arm_timer(self._limits.keepalive_idle_s, self._on_idle_timeout)

@@ -168,3 +168,15 @@ async def test_garbage_never_kills_the_server(garbage: bytes) -> None:
         [(status, _)] = await read_responses(reader, 1)
         assert status == 200
         writer.close()
+
+
+async def test_half_closed_client_gets_pending_responses() -> None:
+    async with EchoServer() as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(post("/slow?delay=0.1", b"late"))
+        writer.write_eof()
+        [(status, body)] = await read_responses(reader, 1)
+        assert status == 200
+        assert msgspec.json.decode(body)["body"] == "late"
+        assert await asyncio.wait_for(reader.read(), 2) == b""
+        writer.close()
