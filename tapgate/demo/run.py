@@ -111,35 +111,10 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
                        started: float) -> int:
     applied = asyncio.run(runtime.migrate_all(dsn))
     _stage(f"已执行迁移 / applied {len(applied)} migrations")
-
-    model = load_model()
-    county = world.build_world(model, day, options.holders, options.seed)
-    day_plan = plan.plan_day(county, options.taps, options.seed, timeutil.parse_cutoff(config.journal.day_cutoff))
-    _stage(f"演示日 / demo day {day}: {len(county.holders)} holders, {len(county.devices)} devices, "
-           f"{len(day_plan.taps)} taps planned")
-
-    account_key = out / "keys" / "account.key"
-    cipher = AccountCipher(load_or_create_key(account_key))
-    provision.register_issuer_key(county, out / "keys" / f"issuer-{county.issuer.key_id}.key", dsn)
-    asyncio.run(_provision(dsn, county, day, out, cipher))
-    _stage("已发布票价规则、登记设备、挂失卡与欠费账户，并导入账户 / rule set published, devices registered, "
-           "lost cards and arrears listed, accounts imported")
-
-    gateway = services.GatewayProcess(
-        dsn, options.workers, out / "gateway.log", options.config_file,
-        {"TAPGATE_SERVER_DEVICE_RATE_PER_S": "100000", "TAPGATE_SERVER_DEVICE_RATE_BURST": "100000",
-         "TAPGATE_LOG_LEVEL": "WARNING"})
-    try:
-        port = gateway.start()
-        _stage(f"网关已就绪 / gateway ready on 127.0.0.1:{port} with {options.workers} workers")
-        with tqdm(total=len(day_plan.taps), desc="交易 taps", unit="tap", file=sys.stderr) as bar:
-            result = uvloop.run(_drive(day_plan, port, options, config, bar.update))
-    finally:
-        status = gateway.stop()
-    if status not in (0, None):
-        log_event(log, logging.WARNING, "demo.gateway_stop_status", status=status)
-
+    county, day_plan, cipher = _prepare(options, config, day, out, dsn)
+    result, status = _serve_and_drive(options, config, out, dsn, day_plan)
     day_end = asyncio.run(_day_end(dsn, day, config, cipher, out / "settlement"))
+
     all_checks = checks.traffic_checks(result.results)
     all_checks += asyncio.run(_journal_checks(dsn, result, county))
     accepted_fare = sum(r.fare_fen for r in result.results if r.decision == "accepted")
@@ -150,21 +125,62 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
     summary = build_summary(county, day_plan, result, day_end, all_checks, seed=options.seed,
                             workers=options.workers)
     summary.total_s = time.perf_counter() - started
-    (out / "summary.json").write_text(json.dumps(summary_json(summary), ensure_ascii=False, indent=2,
-                                                 default=str), encoding="utf-8")
-    text = format_summary(summary)
-    (out / "summary.txt").write_text(text + "\n", encoding="utf-8")
-    if options.report:
-        from tapgate.demo.report import write_report
-
-        write_report(summary, result, county.holders_with("ok")[0].phone, out)
-    print(text)
-    print(f"\n报告 / report: {out / 'report.html'}" if options.report else "")
-    print(f"总用时 / total time: {summary.total_s:.1f} s")
+    _write_outputs(options, summary, result, county, out)
     if not summary.ok:
         print("错误 / error: 有不变量未满足，见上方检查 / an invariant failed, see the checks above", file=sys.stderr)
         return 1
     return 0
+
+
+def _prepare(options: DemoOptions, config: Config, day: dt.date, out: pathlib.Path,
+             dsn: str) -> tuple[world.World, plan.DayPlan, AccountCipher]:
+    """Make the county and its day's plan, and register everything in the database."""
+    model = load_model()
+    county = world.build_world(model, day, options.holders, options.seed)
+    day_plan = plan.plan_day(county, options.taps, options.seed, timeutil.parse_cutoff(config.journal.day_cutoff))
+    _stage(f"演示日 / demo day {day}: {len(county.holders)} holders, {len(county.devices)} devices, "
+           f"{len(day_plan.taps)} taps planned")
+
+    cipher = AccountCipher(load_or_create_key(out / "keys" / "account.key"))
+    provision.register_issuer_key(county, out / "keys" / f"issuer-{county.issuer.key_id}.key", dsn)
+    asyncio.run(_provision(dsn, county, day, out, cipher))
+    _stage("已发布票价规则、登记设备、挂失卡与欠费账户，并导入账户 / rule set published, devices registered, "
+           "lost cards and arrears listed, accounts imported")
+    return county, day_plan, cipher
+
+
+def _serve_and_drive(options: DemoOptions, config: Config, out: pathlib.Path, dsn: str,
+                     day_plan: plan.DayPlan):
+    """Run ``tapgate serve``, send the day to it, stop it; return what the devices received and its exit status."""
+    # Plain HTTP on loopback and no rate limit: the demo's devices send a whole day in a minute.
+    environ = {"TAPGATE_SERVER_DEVICE_RATE_PER_S": "100000", "TAPGATE_SERVER_DEVICE_RATE_BURST": "100000",
+               "TAPGATE_SERVER_TLS_CERT": "", "TAPGATE_SERVER_TLS_KEY": "", "TAPGATE_LOG_LEVEL": "WARNING"}
+    gateway = services.GatewayProcess(dsn, options.workers, out / "gateway.log", options.config_file, environ)
+    try:
+        port = gateway.start()
+        _stage(f"网关已就绪 / gateway ready on 127.0.0.1:{port} with {options.workers} workers")
+        with tqdm(total=len(day_plan.taps), desc="交易 taps", unit="tap", file=sys.stderr) as bar:
+            result = uvloop.run(_drive(day_plan, port, options, config, bar.update))
+    finally:
+        status = gateway.stop()
+    if status not in (0, None):
+        log_event(log, logging.WARNING, "demo.gateway_stop_status", status=status)
+    return result, status
+
+
+def _write_outputs(options: DemoOptions, summary, result, county: world.World, out: pathlib.Path) -> None:
+    """Write summary.json, summary.txt and the report, and print the summary."""
+    (out / "summary.json").write_text(json.dumps(summary_json(summary), ensure_ascii=False, indent=2,
+                                                 default=str), encoding="utf-8")
+    text = format_summary(summary)
+    (out / "summary.txt").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    if options.report:
+        from tapgate.demo.report import write_report
+
+        path = write_report(summary, result, county.holders_with("ok")[0].phone, out)
+        print(f"\n报告 / report: {path}")
+    print(f"总用时 / total time: {summary.total_s:.1f} s")
 
 
 async def _provision(dsn: str, county: world.World, day: dt.date, out: pathlib.Path, cipher: AccountCipher) -> None:
