@@ -182,6 +182,9 @@ async def test_no_personal_data_after_load_run(tmp_path: pathlib.Path) -> None:
             assert done.returncode == 0, (name, done.stderr)
             outputs[name] = done.stdout + done.stderr
 
+        # The scanner must see what it looks for: the issuer's own export is full of it.
+        assert len(leaks("export", export.encode(), needles(accounts))) >= 3 * len(RIDERS)
+
         database = await dump_database(server.dsn)
         assert b'"decision":1' in database.replace(b" ", b"")
         secrets = needles(accounts)
