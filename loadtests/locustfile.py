@@ -66,6 +66,9 @@ class ProcessState:
             self.free[device.scenario].append(device)
         for devices in self.free.values():
             self.rng.shuffle(devices)
+        # Holders seen recently per device id. It outlives the user, because a device a stopped
+        # user released may be claimed by the next user within the duplicate window.
+        self.recent: dict[str, dict[int, float]] = {}
 
     def level(self) -> float:
         """Relative traffic now: the day profile under the peak shape, else the busiest hour (1.0)."""
@@ -124,7 +127,7 @@ class DeviceUser(FastHttpUser):
                       worker=self.state.worker_index)
             raise StopUser()
         self.device = free.pop()
-        self.recent: dict[int, float] = {}
+        self.recent = self.state.recent.setdefault(self.device.device_id, {})
         self.next_tap_id = time.time_ns() // 1000
         self.last_sent = 0.0
 

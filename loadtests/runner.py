@@ -194,6 +194,11 @@ def run_locust(options: Options, url: str, spec_path: pathlib.Path) -> None:
 
 def prepare(options: Options, dsn: str) -> tuple[fixture.Fixture, pathlib.Path, pathlib.Path]:
     """Provision (or reuse) the fixture and write the run specification; return both paths."""
+    spec_path = options.out_dir / "spec.json"
+    if spec_path.exists():
+        # Old answer files there would be checked against this run's journal rows.
+        raise LoadTestError(f"the output directory {options.out_dir} already contains a run; choose another --out",
+                            f"输出目录 {options.out_dir} 中已有一次运行的结果，请另选 --out")
     options.out_dir.mkdir(parents=True, exist_ok=True)
     if options.fixture_path is not None:
         fixture_path = options.fixture_path
@@ -201,10 +206,9 @@ def prepare(options: Options, dsn: str) -> tuple[fixture.Fixture, pathlib.Path, 
     else:
         fixture_path = options.out_dir / "fixture.json"
         needed = devices_needed(options)
-        run_fixture = asyncio.run(fixture.provision(dsn, options.model, fixture_path,
-                                             options.out_dir / "issuer.key", seed=options.seed,
-                                             devices_min=needed, rules_path=options.rules_path))
-    spec_path = options.out_dir / "spec.json"
+        run_fixture = asyncio.run(fixture.provision(dsn, options.model, fixture_path, options.out_dir / "issuer.key",
+                                                    seed=options.seed, devices_min=needed,
+                                                    rules_path=options.rules_path))
     sc.write_spec(build_spec(options, fixture_path), spec_path)
     return run_fixture, fixture_path, spec_path
 

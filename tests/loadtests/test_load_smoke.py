@@ -122,3 +122,12 @@ def test_prepare_only_writes_run_files(dsn: str, tmp_path: pathlib.Path) -> None
     assert "--csv-full-history" in result.stdout
     assert "--worker --master-host MASTER" in result.stdout
     assert not (out / "locust_stats.csv").exists()
+
+
+def test_output_directory_of_earlier_run_rejected(dsn: str, tmp_path: pathlib.Path) -> None:
+    out = tmp_path / "run1"
+    first = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--prepare-only", timeout=120)
+    assert first.returncode == 0, first.stderr[-4000:]
+    second = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--prepare-only", timeout=120)
+    assert second.returncode == 1
+    assert "already contains a run; choose another --out" in second.stderr
