@@ -10,6 +10,7 @@ and never touch the session's shared one.
 from __future__ import annotations
 
 import asyncio
+import os
 import pathlib
 from typing import Any, AsyncIterator, Iterator
 
@@ -31,6 +32,23 @@ def fault_config(**server: Any) -> Config:
     settings.update(server)
     return msgspec.convert({"server": settings, "journal": {"flush_interval_ms": 1.0},
                             "database": {"pool_min": 1, "pool_max": 4, "connect_timeout_s": 2.0}}, Config)
+
+
+LONG_RUNS_ENV = "TAPGATE_FAULTS_LONG"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the long fault runs of this folder unless asked for with ``-m slow`` or TAPGATE_FAULTS_LONG=1.
+
+    Their short variants stay in the default suite.
+    """
+    if "slow" in (config.option.markexpr or "") or os.environ.get(LONG_RUNS_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"long fault run: select it with -m slow or {LONG_RUNS_ENV}=1")
+    here = pathlib.Path(__file__).parent
+    for item in items:
+        if item.get_closest_marker("slow") and here in pathlib.Path(str(item.fspath)).parents:
+            item.add_marker(skip)
 
 
 async def journal_counts(dsn: str) -> tuple[int, int]:
