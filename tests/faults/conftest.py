@@ -35,6 +35,13 @@ def fault_config(**server: Any) -> Config:
 
 
 LONG_RUNS_ENV = "TAPGATE_FAULTS_LONG"
+FUZZ_SCALE_ENV = "TAPGATE_FUZZ_SCALE"
+
+
+def examples(count: int) -> int:
+    """Hypothesis example count of a fuzz test, multiplied by TAPGATE_FUZZ_SCALE for longer runs."""
+    scale = os.environ.get(FUZZ_SCALE_ENV, "1")
+    return count * (int(scale) if scale.isdigit() and int(scale) > 0 else 1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -28,6 +28,7 @@ from fastpath import wire
 from fastpath.entitlements import Entitlements
 from fastpath.issuer import Card, IssuerKey, Phone
 from fastpath.reasons import Medium
+from tests.faults.conftest import examples
 
 # 2026-06-01 00:00 Asia/Shanghai in Unix milliseconds; a fixed clock keeps examples reproducible.
 NOW_MS = 1_780_243_200_000
@@ -116,7 +117,7 @@ def qr_signed_bytes(text: bytes) -> bytes | None:
         return None
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_qr_texts())
 def test_mutated_qr_code_never_accepted(text: bytes) -> None:
     verify_both(Medium.QR, QR_TEXT.encode())
@@ -125,7 +126,7 @@ def test_mutated_qr_code_never_accepted(text: bytes) -> None:
         assert reason != 0, text
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(600), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_card_responses())
 def test_mutated_card_response_never_accepted(response: bytes) -> None:
     verify_both(Medium.CARD, CARD_RESPONSE)
@@ -134,7 +135,7 @@ def test_mutated_card_response_never_accepted(response: bytes) -> None:
         assert reason != 0, response.hex()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=600), st.sampled_from([Medium.QR, Medium.CARD]))
 def test_random_bytes_never_accepted(data: bytes, medium: int) -> None:
     if medium == Medium.QR and draw_prefix(data):
@@ -147,7 +148,7 @@ def draw_prefix(data: bytes) -> bool:
     return bool(data) and data[0] % 2 == 0
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(alphabet=wire.BASE45_ALPHABET.decode(), min_size=300, max_size=520))
 def test_random_base45_payload_never_accepted(payload: str) -> None:
     assert verify_both(Medium.QR, wire.QR_PREFIX + payload.encode()) != 0

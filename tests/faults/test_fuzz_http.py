@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from gateway.client import sign_headers
 from gateway.server import Worker
-from tests.faults.conftest import fault_config
+from tests.faults.conftest import examples, fault_config
 from tests.gateway import conftest as gw
 
 ANSWER_TIMEOUT_S = 5.0
@@ -170,7 +170,7 @@ def healthy(port: int) -> None:
     assert check_answers(answer) == [200], answer[:300]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=2000))
 def test_random_bytes(live: gw.GatewayEnv, data: bytes) -> None:
@@ -208,7 +208,7 @@ def assembled_requests(draw) -> bytes:
     return request * draw(st.sampled_from([1, 1, 1, 2]))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(assembled_requests())
 def test_assembled_requests(live: gw.GatewayEnv, data: bytes) -> None:
@@ -237,7 +237,7 @@ def journaled(env: gw.GatewayEnv, device_tap_id: int) -> list[asyncpg.Record]:
     return asyncio.run(fetch())
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                    HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_mutated_signed_request_never_accepted(live: gw.GatewayEnv, data: st.DataObject) -> None:

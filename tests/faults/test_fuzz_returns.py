@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from settlement.errors import InputFileError, SchemaValidationError
 from settlement.returns import ReturnItem, build_camt054, items_to_csv, read_return_file
+from tests.faults.conftest import examples
 
 DOCUMENTED = (InputFileError, SchemaValidationError)
 ITEMS = [
@@ -74,19 +75,19 @@ def mutate(data: bytes, draw) -> bytes:
     return bytes(out)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes(data: bytes) -> None:
     read(data)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_csv(data: st.DataObject) -> None:
     read(mutate(CSV, data.draw), "returns.csv")
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_camt054(data: st.DataObject) -> None:
     read(mutate(CAMT, data.draw), "returns.xml")
@@ -99,7 +100,7 @@ date_texts = st.one_of(st.dates().map(dt.date.isoformat), st.from_regex(r"\A[0-9
                        st.text(max_size=12))
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(amount_texts, date_texts)
 def test_camt054_with_arbitrary_amount_and_date(amount: str, booked: str) -> None:
     text = CAMT.decode()
@@ -107,7 +108,7 @@ def test_camt054_with_arbitrary_amount_and_date(amount: str, booked: str) -> Non
     read(text.encode(), "returns.xml")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.lists(st.text(max_size=12), min_size=0, max_size=7), max_size=6))
 def test_csv_with_arbitrary_cells(rows: list[list[str]]) -> None:
     import csv
@@ -129,6 +130,7 @@ SECRET = "tapgate-secret-3f9a1c"
 def external_entity(path: str) -> str:
     return (f'<?xml version="1.0"?>\n<!DOCTYPE Document [<!ENTITY secret SYSTEM "file://{path}">]>\n'
             + CAMT.decode().split("?>", 1)[1].replace("RET-1</MsgId>", "&secret;</MsgId>", 1))
+
 
 _CHILD = """
 import resource, sys

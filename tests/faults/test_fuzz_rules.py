@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.rules import RuleSetError, compile_rule_set, example_document_text, load_rule_set_document
+from tests.faults.conftest import examples
 
 EXAMPLE = tomllib.loads(example_document_text())
 FORMATS = ("toml", "yaml", "json")
@@ -42,7 +43,7 @@ def test_example_document_loads() -> None:
     compile_rule_set(load_rule_set_document(example_document_text(), "toml"))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.sampled_from(FORMATS), st.one_of(st.text(max_size=400), st.binary(max_size=400)))
 def test_arbitrary_text_only_raises_rule_set_error(fmt: str, text: str | bytes) -> None:
     load_and_compile(text, fmt)
@@ -98,13 +99,13 @@ def mutated_documents(draw) -> Any:
     return doc
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mutated_documents())
 def test_mutated_example_only_raises_rule_set_error(doc: Any) -> None:
     load_and_compile(json.dumps(doc, ensure_ascii=False), "json")
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_mutated_example_text_only_raises_rule_set_error(data: st.DataObject) -> None:
     text = example_document_text()
