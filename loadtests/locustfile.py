@@ -44,6 +44,9 @@ log = logging.getLogger("loadtests")
 SPEC = sc.read_spec()
 FIXTURE = read_fixture(SPEC.fixture_path)
 TAP_PATH = "/v1/taps"
+CONTENT_TYPE = "application/msgpack" if SPEC.body_format == "msgpack" else "application/json"
+encode_body = msgspec.msgpack.encode if SPEC.body_format == "msgpack" else msgspec.json.encode
+decode_body = msgspec.msgpack.decode if SPEC.body_format == "msgpack" else msgspec.json.decode
 FARE_REASONS_ALLOWED = tuple(SPEC.model.fare_reasons_allowed)
 # Shortest gap between two requests of one device: 90 % of the gateway's per-device limit.
 DEVICE_INTERVAL_S = 1.0 / (0.9 * SPEC.device_rate_per_s)
@@ -163,9 +166,9 @@ class DeviceUser(FastHttpUser):
         return None
 
     def send(self, tap: Tap, now_ms: int) -> bool:
-        body = msgspec.json.encode(tap.body)
+        body = encode_body(tap.body)
         headers = sign_headers(tap.creds, "POST", TAP_PATH, body, now_ms=now_ms)
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = CONTENT_TYPE
         answer = Answer(device_id=tap.creds.device_id, tap_id=tap.body["tap_id"], kind=tap.kind,
                         scenario=self.scenario, medium=tap.medium, sent_ms=now_ms, status=0)
         try:
@@ -182,7 +185,7 @@ class DeviceUser(FastHttpUser):
             answer.status = response.status_code or 0
             if answer.status == 200:
                 try:
-                    decoded = msgspec.json.decode(response.content)
+                    decoded = decode_body(response.content)
                     answer.decision = decoded["decision"]
                     answer.reason = decoded["reason"]
                     answer.journal_id = decoded["journal_id"]

@@ -71,6 +71,7 @@ class Options:
     code_lifetime_s: int = 60
     clock_skew_s: int = 30
     device_rate_per_s: float = 50.0
+    body_format: str = "json"
     seed: int | None = None
 
 
@@ -156,7 +157,8 @@ def build_spec(options: Options, fixture_path: pathlib.Path) -> sc.RunSpec:
                       fixture_path=str(fixture_path), answers_dir=str(options.out_dir / "answers"),
                       out_dir=str(options.out_dir), processes=options.processes,
                       code_lifetime_s=options.code_lifetime_s, clock_skew_s=options.clock_skew_s,
-                      device_rate_per_s=options.device_rate_per_s, started_ms=time.time_ns() // 1_000_000)
+                      device_rate_per_s=options.device_rate_per_s, body_format=options.body_format,
+                      started_ms=time.time_ns() // 1_000_000)
 
 
 def locust_command(options: Options, url: str) -> list[str]:

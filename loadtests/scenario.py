@@ -175,6 +175,8 @@ class RunSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Unix ms when the specification was written. The journal check ignores rows received
     # earlier, which a reused fixture's devices may have from an earlier run.
     started_ms: int = 0
+    # Body format of tap requests: "json" or "msgpack" (the gateway answers in the same format).
+    body_format: Literal["json", "msgpack"] = "json"
     # Seconds a request may take before Locust counts it as failed.
     request_timeout_s: float = 10.0
 

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     traffic.add_argument("--rules", metavar="FILE",
                       help="rule set (TOML, YAML or JSON) to publish before the run; without it the example Yiyuan "
                            "rule set is published if none is / 运行前发布的票价规则文件；不指定时若无已发布规则则发布示例规则")
+    traffic.add_argument("--body-format", choices=["json", "msgpack"], default="json",
+                         help="encoding of tap requests and answers (default json) / 交易请求与应答的编码")
     traffic.add_argument("--seed", type=int, metavar="N", help="seed for the holders' categories / 随机种子")
 
     shape = parser.add_argument_group("load shape / 负载曲线")
@@ -129,7 +131,7 @@ def options_from_args(args: argparse.Namespace, config: Config) -> "runner.Optio
         gateway_workers=args.gateway_workers, config_path=args.config,
         fixture_path=pathlib.Path(args.fixture).resolve() if args.fixture else None, rules_path=args.rules,
         code_lifetime_s=config.fastpath.code_lifetime_s, clock_skew_s=config.fastpath.clock_skew_s,
-        device_rate_per_s=config.server.device_rate_per_s, seed=args.seed)
+        device_rate_per_s=config.server.device_rate_per_s, body_format=args.body_format, seed=args.seed)
 
 
 def run_loadtest(args: argparse.Namespace, config: Config) -> int:

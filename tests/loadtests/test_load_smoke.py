@@ -52,6 +52,7 @@ def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, n
     out = tmp_path / "out"
     result = run_cli("loadtest", "--dsn", dsn, "--traffic", str(noisy_model), "--duration", "5", "--users", "6",
                      "--spawn-rate", "6", "--ramp", "1", "--time-scale", "60", "--gateway-workers", "1",
+                     "--body-format", "msgpack",
                      "--p95-ms", "2000", "--p99-ms", "5000", "--max-error-rate", "0.02", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr[-4000:]
     assert "结果 / result: 通过 / PASSED" in result.stdout
