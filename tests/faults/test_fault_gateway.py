@@ -109,8 +109,8 @@ async def inject_faults(gateway: GatewayProcess, server: EmbeddedPostgres, plan:
         await asyncio.sleep(max(0.0, started + at_s - time.monotonic()))
         begin = time.monotonic()
         if what == "kill":
-            # Wait until the supervisor has both workers again, so each kill hits a serving gateway,
-            # and kill the older one: a worker killed within 10 s of its start counts as a crash
+            # Wait until the supervisor has both workers again, so each kill hits a serving gateway.
+            # Kill the older one, because a worker killed within 10 s of its start counts as a crash
             # loop and is restarted only after a growing delay (gateway/workers.py).
             pids = await gateway.wait_for_workers(timeout_s=45.0)
             os.kill(min(pids, key=gateway.started_ticks), signal.SIGKILL)
