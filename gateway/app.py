@@ -123,6 +123,25 @@ def _field_path(message: str) -> str | None:
 Route = Callable[[Request], Awaitable[Response]]
 
 
+class AnomalyLog:
+    """Log rejected authentications at most once per kind per minute, with the count since the last line."""
+
+    INTERVAL_S = 60.0
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def note(self, kind: str, **fields: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.INTERVAL_S) < self.INTERVAL_S:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        log_event(log, logging.WARNING, "auth.rejected", kind=kind, suppressed=self._suppressed.pop(kind, 0),
+                  **fields)
+
+
 class GatewayApp:
     """The request handler of one worker; ``worker`` is the :class:`gateway.server.Worker` it serves."""
 
@@ -132,6 +151,7 @@ class GatewayApp:
         self.pipeline: TapPipeline = worker.pipeline
         server = self.config.server
         self.buckets = TokenBuckets(server.device_rate_per_s, server.device_rate_burst)
+        self.anomalies = AnomalyLog()
         self.routes: dict[str, dict[str, Route]] = {
             "/v1/taps": {"POST": self.post_tap},
             "/v1/taps/batch": {"POST": self.post_tap_batch},
@@ -169,6 +189,7 @@ class GatewayApp:
                                    request.headers.get(b"authorization"), request.body, now_ms,
                                    self.config.server.device_clock_skew_s)
         if isinstance(result, auth.AuthFailure):
+            self.anomalies.note(result.code, peer=request.peer)
             raise HttpError(result.status, result.code, result.message_en, result.message_zh,
                             headers=[(b"www-authenticate", auth.SCHEME.encode("ascii"))])
         wait_s = self.buckets.take(result.device.device_id)
@@ -187,6 +208,7 @@ class GatewayApp:
         except ConnectionError as exc:
             raise _unavailable(str(exc)) from exc
         if not fresh:
+            self.anomalies.note("replayed_request")
             failure = auth.REPLAYED
             raise HttpError(failure.status, failure.code, failure.message_en, failure.message_zh)
 
