@@ -62,8 +62,9 @@ def _read_rows(text: str, kind: str, report: ImportReport) -> Iterable[tuple[int
             continue
         report.rows += 1
         if len(row) != len(expected):
-            _problem(report, line, f"{len(row)} columns, expected {len(expected)}: {','.join(row)!r}",
-                     f"有 {len(row)} 列，应为 {len(expected)} 列：{','.join(row)!r}")
+            # The row is not echoed: a misaligned row may put an account number in any column.
+            _problem(report, line, f"{len(row)} columns, expected {len(expected)} ({','.join(expected)})",
+                     f"有 {len(row)} 列，应为 {len(expected)} 列（{','.join(expected)}）")
             continue
         yield line, {name: cell.strip() for name, cell in zip(expected, row)}
 
