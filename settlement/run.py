@@ -287,14 +287,20 @@ async def write_files(conn: asyncpg.Connection, closed: ClosedDay, cipher: Accou
         names = file_names(day, bank["bank_code"])
         agency_account = cipher.open(bank["agency_account_enc"])
         if bank["debits"]:
-            await _write_debit_files(conn, cipher, day, bank, agency_account, created_at, execution_date, folder, names, result)
-            counter and counter.tick()
-            progress and progress(names["pain.008"])
+            await _write_debit_files(conn, cipher, day, bank, agency_account, created_at, execution_date, folder,
+                                     names, result)
+            _file_done(counter, progress, names["pain.008"])
         if bank["credits"]:
-            await _write_credit_files(conn, cipher, day, bank, agency_account, created_at, execution_date, folder, names,
-                                      result)
-            counter and counter.tick()
-            progress and progress(names["pain.001"])
+            await _write_credit_files(conn, cipher, day, bank, agency_account, created_at, execution_date, folder,
+                                      names, result)
+            _file_done(counter, progress, names["pain.001"])
+
+
+def _file_done(counter: _StepCounter | None, progress: Callable[[str], None] | None, name: str) -> None:
+    if counter is not None:
+        counter.tick()
+    if progress is not None:
+        progress(name)
 
 
 async def _record_file(conn: asyncpg.Connection, day: dt.date, bank_code: str, kind: str, path: pathlib.Path,

@@ -98,7 +98,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     status.add_argument("--refresh-arrears", action="store_true",
                         help="re-count rides of accounts in arrears and update the deny list / 重新统计欠费账户乘车次数并更新黑名单")
     status.set_defaults(handler=_handler(_status))
-    settle.set_defaults(handler=lambda args, config: (settle.print_help(), 2)[1])
+
+    def show_help(args: argparse.Namespace, config: Config) -> int:
+        settle.print_help()
+        return 2
+
+    settle.set_defaults(handler=show_help)
 
 
 def _handler(coroutine_fn):
