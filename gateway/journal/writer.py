@@ -42,6 +42,11 @@ _STATUS_MISSING_ROW = 3
 # failing to encode a value), as opposed to a failed connection or server.
 _ENTRY_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.exceptions._base.DataError)
 
+# Failures of the connection or the server. asyncpg raises InternalClientError
+# too when a connection breaks mid-operation (seen during server restarts).
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                    TimeoutError)
+
 _COMMIT_SQL = "SELECT * FROM tapgate_journal_commit($1, $2::tapgate_journal_entry[])"
 
 
@@ -310,7 +315,7 @@ class Journal:
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT holder_token, state FROM rider_states WHERE holder_token = ANY($1::bytea[])", tokens)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except _DATABASE_ERRORS as exc:
             raise JournalUnavailable(f"cannot load rider states: {exc}", f"无法读取乘客状态：{exc}") from exc
         return {bytes(row[0]): bytes(row[1]) for row in rows}
 
@@ -334,10 +339,12 @@ class Journal:
             requests, self._state_requests = self._state_requests, {}
             try:
                 states = await self.load_rider_states(requests)
-            except JournalUnavailable as exc:
+            except Exception as exc:
+                error = exc if isinstance(exc, JournalUnavailable) else JournalUnavailable(
+                    f"cannot load rider states: {exc}", f"无法读取乘客状态：{exc}")
                 for futures in requests.values():
                     for future in futures:
-                        _set_exception(future, exc)
+                        _set_exception(future, error)
                 continue
             for token, futures in requests.items():
                 for future in futures:
@@ -409,7 +416,7 @@ class Journal:
                 return
             self._fail(batch, exc, bad_entry=True)
             return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except _DATABASE_ERRORS as exc:
             self._fail(batch, exc)
             await self._back_off()
             return
@@ -485,7 +492,7 @@ class Journal:
             try:
                 async with self._pool.acquire() as conn:
                     await ensure_partitions(conn, self.day_cutoff)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except _DATABASE_ERRORS as exc:
                 # Taps without a partition land in taps_default, so this is not fatal; try again next hour.
                 log_event(log, logging.WARNING, "journal.partitions_failed", worker=self.worker, error=exc)
 
