@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime as dt
+import unicodedata
 from typing import Any
 
 from gateway.reasons import Reason
@@ -32,6 +33,20 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(0, min(len(ordered) - 1, int(round(fraction * len(ordered) + 0.5)) - 1))
     return ordered[rank]
+
+
+def _columns(text: str) -> int:
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def pad(text: str, width: int) -> str:
+    """Pad ``text`` on the right to ``width`` terminal columns, counting a Chinese character as two."""
+    return text + " " * max(0, width - _columns(text))
+
+
+def rpad(text: str, width: int) -> str:
+    """Pad ``text`` on the left to ``width`` terminal columns, counting a Chinese character as two."""
+    return " " * max(0, width - _columns(text)) + text
 
 
 def category_name(category: str | None) -> str:
@@ -173,15 +188,15 @@ def format_summary(summary: Summary) -> str:
     for decision, reason, name, count in summary.decisions:
         lines.append(f"  {count:>7}  {reason_label(decision, reason, name)}")
     lines += ["", "运营单位收入 / revenue per operator (元 yuan):",
-              f"  {'运营单位 operator':<22}{'笔数 taps':>10}{'票款 fares':>12}{'补贴 subsidy':>14}"
-              f"{'手续费 fees':>12}{'付款 credit':>13}"]
+              f"  {pad('运营单位 operator', 22)}{rpad('笔数 taps', 9)}  {rpad('票款 fares', 11)}  "
+              f"{rpad('补贴 subsidy', 12)}  {rpad('手续费 fees', 11)}  {rpad('付款 credit', 11)}"]
     for row in summary.revenue:
-        lines.append(f"  {row['operator_id']:<22}{row['taps']:>10}{format_yuan(row['fare_fen']):>12}"
-                     f"{format_yuan(row['subsidy_fen']):>14}{format_yuan(row['fee_fen']):>12}"
-                     f"{format_yuan(row['credit_fen']):>13}  {row['name_zh']}")
+        lines.append(f"  {row['operator_id']:<22}{row['taps']:>9}  {format_yuan(row['fare_fen']):>11}  "
+                     f"{format_yuan(row['subsidy_fen']):>12}  {format_yuan(row['fee_fen']):>11}  "
+                     f"{format_yuan(row['credit_fen']):>11}  {row['name_zh']}")
     lines += ["", "按乘客类别的补贴 / subsidies per rider category (元 yuan):"]
     for row in summary.subsidies:
-        lines.append(f"  {category_name(row['rider_category']):<34} 次数 rides {row['rides']:>6}  "
+        lines.append(f"  {pad(category_name(row['rider_category']), 48)} 次数 rides {row['rides']:>6}  "
                      f"全价 full fare {format_yuan(row['full_fare_fen']):>10}  补贴 subsidy "
                      f"{format_yuan(row['subsidy_fen']):>10}")
     settlement = summary.settlement
