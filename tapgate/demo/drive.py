@@ -1,10 +1,10 @@
 """Send the planned day to the gateway over real HTTP, as the validators and gates would.
 
 Each device has one keep-alive connection and sends one request at a time.
-Requests go out in dispatch order with up to ``concurrency`` in flight; a
-tap waits until the previous tap of the same holder is answered, because the
-holder's rider state (transfers, caps, tap-on) depends on it, and a replay
-waits for the tap whose code it replays.
+Requests go out in dispatch order with up to ``concurrency`` in flight. A tap
+waits for the response to the previous tap of the same holder, because the
+holder's rider state (transfers, caps, tap-on) depends on it. A replay waits
+for the tap whose code it replays.
 
 Codes and card answers are signed just before sending, with the real clock:
 a QR code is valid for about a minute and a card signs the reader's fresh
@@ -29,7 +29,7 @@ from gateway.client import JSON, MSGPACK, DeviceCredentials, GatewayClient, card
 from tapgate.demo import plan as p
 from tapgate.demo.world import DemoDevice
 
-# Attempts for one request when the gateway answers 429 or 503, or the connection drops.
+# Attempts for one request when the gateway returns 429 or 503, or the connection drops.
 ATTEMPTS_MAX = 5
 
 
@@ -46,7 +46,7 @@ class TapResult:
     full_fare_fen: int = 0
     rider_category: str | None = None
     journal_id: int | None = None
-    # Seconds from sending the request to reading its answer (a batch's taps share one).
+    # Seconds from sending the request to reading its response (a batch's taps share one).
     latency_s: float = 0.0
     # Seconds since the start of the drive when the answer arrived.
     answered_at_s: float = 0.0

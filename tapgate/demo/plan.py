@@ -1,4 +1,4 @@
-"""The plan of a compressed day: which holder taps where, when, how, and what the gateway must answer.
+"""The plan of a compressed day: which holder taps where, when and how, and what the gateway must decide.
 
 The plan is made ahead of time from the seed, so the same seed gives the
 same day. Each trip of a rider becomes one or more planned taps: a flat-fare

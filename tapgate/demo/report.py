@@ -60,7 +60,7 @@ def chart_latency(drive: DriveResult, summary: Summary, path: pathlib.Path) -> N
     left.set_ylabel("requests")
     left.set_title("Latency of online taps")
 
-    # Answers per second of wall-clock time, with the p99 latency of each second.
+    # Responses per second of wall-clock time, with the p99 latency of each second.
     seconds = int(drive.duration_s) + 1
     per_second = [0] * seconds
     by_second: list[list[float]] = [[] for _ in range(seconds)]

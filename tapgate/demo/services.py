@@ -158,7 +158,7 @@ class GatewayProcess:
             await asyncio.sleep(0.2)
 
     def stop(self) -> int | None:
-        """Send SIGTERM (orderly stop: in-flight taps answered, journal flushed) and return the exit status."""
+        """Send SIGTERM (orderly stop: taps in flight finished, journal flushed) and return the exit status."""
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
