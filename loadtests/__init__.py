@@ -4,6 +4,7 @@ Layout, bottom to top:
 
 - ``scenario``: the traffic model (routes and stops, sites, rider categories,
   media, bad traffic) and the run specification handed to Locust.
+- ``models``: the built-in traffic models (TOML), Yiyuan's first.
 - ``curves``: user counts over time for the load shapes, as plain functions.
 - ``fixture``: provisioning (issuer key, devices, holders, deny-list rows)
   and the fixture file that Locust processes read.

@@ -2,7 +2,7 @@
 
 A traffic model (TOML) names the operators, bus routes with their stops,
 scenic spots and venues with their gates, the mix of rider categories and
-media, and the share of each kind of bad traffic. ``traffic/yiyuan.toml``
+media, and the share of each kind of bad traffic. ``models/yiyuan.toml``
 is the county's model; its route, stop and site ids are those of the example
 rule set, so every valid tap finds a fare.
 
@@ -232,8 +232,8 @@ def validate_model(model: TrafficModel) -> TrafficModel:
 def load_model(path: str | os.PathLike[str] | None = None) -> TrafficModel:
     """Read a traffic model from ``path`` (TOML), or the built-in Yiyuan model when ``path`` is None."""
     if path is None:
-        text = (importlib.resources.files("loadtests") / "traffic" / "yiyuan.toml").read_text(encoding="utf-8")
-        source = "built-in traffic/yiyuan.toml"
+        text = (importlib.resources.files("loadtests.models") / "yiyuan.toml").read_text(encoding="utf-8")
+        source = "built-in loadtests/models/yiyuan.toml"
     else:
         try:
             text = pathlib.Path(path).read_text(encoding="utf-8")

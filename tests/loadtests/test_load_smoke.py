@@ -40,7 +40,7 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
 
 @pytest.fixture
 def noisy_model(tmp_path: pathlib.Path) -> pathlib.Path:
-    text = (importlib.resources.files("loadtests") / "traffic" / "yiyuan.toml").read_text(encoding="utf-8")
+    text = (importlib.resources.files("loadtests.models") / "yiyuan.toml").read_text(encoding="utf-8")
     text, replaced = re.subn(r"\[bad\]\n(?:[a-z_]+ = [0-9.]+\n)+", BAD_SHARES, text)
     assert replaced == 1
     path = tmp_path / "noisy.toml"
