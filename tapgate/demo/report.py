@@ -147,6 +147,10 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; } img { max-width:
 """
 
 
+def _optional(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
 def _table(headers: list[str], rows: list[list[object]], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
@@ -167,6 +171,9 @@ def render_html(summary: Summary, charts: dict[str, pathlib.Path], qr: tuple[int
         ["用时 drive time (s)", f"{summary.duration_s:.1f}"], ["吞吐 taps per second", f"{summary.taps_per_s:.0f}"],
         ["延迟 p50 latency (ms)", f"{summary.latency_p50_ms:.1f}"],
         ["延迟 p99 latency (ms)", f"{summary.latency_p99_ms:.1f}"],
+        ["网关内 p50 server-side (ms, ≤)", _optional(summary.server_p50_ms, "{:g}")],
+        ["网关内 p99 server-side (ms, ≤)", _optional(summary.server_p99_ms, "{:g}")],
+        ["凭证缓存命中率 credential cache hit rate", _optional(summary.cache_hit_rate, "{:.0%}")],
         ["持卡人 holders", summary.holders], ["设备 devices", summary.devices],
         ["网关进程 gateway workers", summary.workers], ["总用时 total time (s)", f"{summary.total_s:.1f}"],
     ]

@@ -112,7 +112,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
     applied = asyncio.run(runtime.migrate_all(dsn))
     _stage(f"已执行迁移 / applied {len(applied)} migrations")
     county, day_plan, cipher = _prepare(options, config, day, out, dsn)
-    result, status = _serve_and_drive(options, config, out, dsn, day_plan)
+    result, metrics, status = _serve_and_drive(options, config, out, dsn, day_plan)
     day_end = asyncio.run(_day_end(dsn, day, config, cipher, out / "settlement"))
 
     all_checks = checks.traffic_checks(result.results)
@@ -123,7 +123,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
                                    f"exit status {status}"))
 
     summary = build_summary(county, day_plan, result, day_end, all_checks, seed=options.seed,
-                            workers=options.workers)
+                            workers=options.workers, metrics=metrics)
     summary.total_s = time.perf_counter() - started
     _write_outputs(options, summary, result, county, out)
     if not summary.ok:
@@ -151,7 +151,7 @@ def _prepare(options: DemoOptions, config: Config, day: dt.date, out: pathlib.Pa
 
 def _serve_and_drive(options: DemoOptions, config: Config, out: pathlib.Path, dsn: str,
                      day_plan: plan.DayPlan):
-    """Run ``tapgate serve``, send the day to it, stop it; return what the devices received and its exit status."""
+    """Run ``tapgate serve``, send the day to it, stop it; return the responses, its metrics and exit status."""
     # Plain HTTP on loopback and no rate limit: the demo's devices send a whole day in a minute.
     environ = {"TAPGATE_SERVER_DEVICE_RATE_PER_S": "100000", "TAPGATE_SERVER_DEVICE_RATE_BURST": "100000",
                "TAPGATE_SERVER_TLS_CERT": "", "TAPGATE_SERVER_TLS_KEY": "", "TAPGATE_LOG_LEVEL": "WARNING"}
@@ -161,11 +161,12 @@ def _serve_and_drive(options: DemoOptions, config: Config, out: pathlib.Path, ds
         _stage(f"网关已就绪 / gateway ready on 127.0.0.1:{port} with {options.workers} workers")
         with tqdm(total=len(day_plan.taps), desc="交易 taps", unit="tap", file=sys.stderr) as bar:
             result = uvloop.run(_drive(day_plan, port, options, config, bar.update))
+        metrics = gateway.metrics()
     finally:
         status = gateway.stop()
     if status not in (0, None):
         log_event(log, logging.WARNING, "demo.gateway_stop_status", status=status)
-    return result, status
+    return result, metrics, status
 
 
 def _write_outputs(options: DemoOptions, summary, result, county: world.World, out: pathlib.Path) -> None:

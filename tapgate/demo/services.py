@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pathlib
 import re
@@ -104,6 +105,53 @@ async def recreate_database(dsn: str) -> str:
     return demo_dsn(dsn)
 
 
+@dataclasses.dataclass
+class GatewayMetrics:
+    """Figures from the gateway's ``/metrics`` after the day, summed over its workers."""
+
+    cache_hits: int = 0
+    cache_misses: int = 0
+    # Upper bounds of the histogram buckets that hold the server-side p50 and p99 of a single tap.
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        lookups = self.cache_hits + self.cache_misses
+        return self.cache_hits / lookups if lookups else None
+
+
+def parse_metrics(text: str) -> GatewayMetrics:
+    """Read the credential cache counters and the tap latency histogram from Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = GatewayMetrics()
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "tapgate_credential_cache_total":
+                if sample.labels.get("result") == "hit":
+                    metrics.cache_hits = int(sample.value)
+                elif sample.labels.get("result") == "miss":
+                    metrics.cache_misses = int(sample.value)
+            elif sample.name == "tapgate_tap_seconds_bucket":
+                buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    if buckets and buckets[-1][1] > 0:
+        total = buckets[-1][1]
+        metrics.server_p50_ms = _bucket_bound(buckets, 0.50 * total)
+        metrics.server_p99_ms = _bucket_bound(buckets, 0.99 * total)
+    return metrics
+
+
+def _bucket_bound(buckets: list[tuple[float, float]], rank: float) -> float:
+    """Return, in milliseconds, the upper bound of the first cumulative bucket holding ``rank`` observations."""
+    for bound, count in buckets:
+        if count >= rank:
+            return bound * 1000
+    return buckets[-1][0] * 1000
+
+
 class GatewayProcess:
     """``tapgate serve`` as a child process: its supervisor and worker processes on a free loopback port."""
 
@@ -141,6 +189,21 @@ class GatewayProcess:
                 time.sleep(0.1)
         asyncio.run(self._await_ready(deadline))
         return self.port
+
+    def metrics(self) -> GatewayMetrics:
+        """Fetch and parse ``GET /metrics``; empty figures if the gateway does not return them."""
+        return asyncio.run(self._metrics())
+
+    async def _metrics(self) -> GatewayMetrics:
+        assert self.port is not None
+        try:
+            async with GatewayClient("127.0.0.1", self.port, None, timeout_s=10.0) as client:
+                response = await client.request("GET", "/metrics", sign=False)
+        except (OSError, TimeoutError):
+            return GatewayMetrics()
+        if response.status != 200:
+            return GatewayMetrics()
+        return parse_metrics(response.body.decode("utf-8", errors="replace"))
 
     async def _await_ready(self, deadline: float) -> None:
         assert self.port is not None

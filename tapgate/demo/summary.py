@@ -14,6 +14,7 @@ from tapgate.demo import plan as p
 from tapgate.demo.checks import Check
 from tapgate.demo.dayend import DayEnd
 from tapgate.demo.drive import DriveResult
+from tapgate.demo.services import GatewayMetrics
 from tapgate.demo.world import World
 
 # Display names of the demo's rider categories and of the rule set's categories.
@@ -83,6 +84,10 @@ class Summary:
     claim_files: list[str]
     chain: dict[str, int | bool]
     checks: list[Check]
+    # From the gateway's /metrics: server-side latency bucket bounds and the credential cache.
+    server_p50_ms: float | None = None
+    server_p99_ms: float | None = None
+    cache_hit_rate: float | None = None
     total_s: float = 0.0
 
     @property
@@ -102,7 +107,7 @@ def _decisions(drive: DriveResult) -> list[tuple[str, int, str, int]]:
 
 
 def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: DayEnd, checks: list[Check], *,
-                  seed: int, workers: int) -> Summary:
+                  seed: int, workers: int, metrics: GatewayMetrics | None = None) -> Summary:
     single = [r.latency_s * 1000 for r in drive.results if r.http_status == 200 and not r.tap.offline]
     hours: dict[str, list[int]] = {sector: [0] * 24 for sector in ("urban", "county", "scenic", "venue")}
     for tap in plan.taps:
@@ -145,7 +150,10 @@ def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: Da
         bank_files=list(result.files), claim_files=[str(path) for path in day_end.claim_files],
         chain={"ok": day_end.chain.ok, "batches": day_end.chain.batches_checked,
                "rows": day_end.chain.rows_checked, "problems": len(day_end.chain.problems)},
-        checks=checks)
+        checks=checks,
+        server_p50_ms=metrics.server_p50_ms if metrics else None,
+        server_p99_ms=metrics.server_p99_ms if metrics else None,
+        cache_hit_rate=metrics.cache_hit_rate if metrics else None)
 
 
 # Requests refused before any journaling, by HTTP status (0: no response at all).
@@ -172,6 +180,17 @@ def reason_label(decision: str, reason: int, name: str) -> str:
     return f"拒绝 / rejected {reason} {name} {zh}".rstrip()
 
 
+def server_line(summary: Summary) -> str:
+    """Return the line with the gateway's own view: server-side latency and credential cache hits."""
+    parts = []
+    if summary.server_p50_ms is not None and summary.server_p99_ms is not None:
+        parts.append(f"网关内处理 server-side p50 ≤ {summary.server_p50_ms:g} ms，p99 ≤ {summary.server_p99_ms:g} ms"
+                     "（直方图桶上界 histogram bucket bounds）")
+    if summary.cache_hit_rate is not None:
+        parts.append(f"凭证缓存命中率 credential cache hit rate {summary.cache_hit_rate:.0%}")
+    return "，".join(parts) if parts else "网关指标不可用 / gateway metrics unavailable"
+
+
 def format_summary(summary: Summary) -> str:
     """Return the printed summary, Chinese with English beside it."""
     lines = [
@@ -181,7 +200,9 @@ def format_summary(summary: Summary) -> str:
         f"交易 taps {summary.taps}（离线补传 offline {summary.offline_taps}，{summary.offline_batches} 批 batches），"
         f"请求 requests {summary.requests}，重试 retries {summary.retries}",
         f"用时 drive time {summary.duration_s:.1f} s，吞吐 {summary.taps_per_s:.0f} 笔/秒 taps/s，"
-        f"延迟 latency p50 {summary.latency_p50_ms:.1f} ms，p99 {summary.latency_p99_ms:.1f} ms",
+        f"延迟 latency p50 {summary.latency_p50_ms:.1f} ms，p99 {summary.latency_p99_ms:.1f} ms（演示进程测得的往返 "
+        f"round trip seen by the devices）",
+        server_line(summary),
         "",
         "交易结果 / decisions by reason:",
     ]

@@ -53,6 +53,7 @@ def test_demo_exits_zero_with_summary(demo_run) -> None:
     assert "沂源一日演示 / Yiyuan demo day" in completed.stdout
     assert "taps/s" in completed.stdout
     assert "p99" in completed.stdout
+    assert "credential cache hit rate" in completed.stdout
     assert "失败 FAIL" not in completed.stdout
     assert summary is not None
     assert summary["ok"] is True
@@ -72,6 +73,8 @@ def test_demo_decisions_cover_bad_traffic(demo_run) -> None:
     assert not any(d["decision"] == "accepted" and d["reason"] != 0 for d in summary["decisions"])
     assert summary["offline_taps"] > 0
     assert summary["latency_p99_ms"] >= summary["latency_p50_ms"] > 0
+    assert summary["server_p99_ms"] >= summary["server_p50_ms"] > 0
+    assert 0 < summary["cache_hit_rate"] < 1
 
 
 @pytest.mark.slow
