@@ -111,7 +111,7 @@ class SteppedShape(SpecShape):
             if not held:
                 return None
         if step >= curves.stepped_max_steps(shape):
-            self._stopped_because = self._stopped_because or "the last step held; raise --duration or --users"
+            self._stopped_because = self._stopped_because or "the last step held; raise --duration or --step-users"
             self._write()
             return None
 
