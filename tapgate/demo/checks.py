@@ -96,6 +96,13 @@ async def journal_checks(conn: asyncpg.Connection, results: list[TapResult], unk
     ]
 
 
+async def discount_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """Return how many accepted taps each kind of discount (category, transfer, cap) reduced."""
+    rows = await conn.fetch("SELECT kind, count(*) AS taps FROM taps, unnest(discount_kinds) AS kind "
+                            "WHERE decision = 1 GROUP BY kind ORDER BY kind")
+    return {row["kind"]: row["taps"] for row in rows}
+
+
 def day_end_checks(day_end: DayEnd, accepted_fare_fen: int) -> list[Check]:
     chain = day_end.chain
     problems = "; ".join(f"{pr.kind} batch {pr.batch_id} tap {pr.tap_id}" for pr in chain.problems[:3])

@@ -116,14 +116,15 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
     day_end = asyncio.run(_day_end(dsn, day, config, cipher, out / "settlement"))
 
     all_checks = checks.traffic_checks(result.results)
-    all_checks += asyncio.run(_journal_checks(dsn, result, county))
+    journal_found, discounts = asyncio.run(_journal_checks(dsn, result, county))
+    all_checks += journal_found
     accepted_fare = sum(r.fare_fen for r in result.results if r.decision == "accepted")
     all_checks += checks.day_end_checks(day_end, accepted_fare)
     all_checks.append(checks.Check("网关有序停止", "the gateway stopped cleanly", status == 0,
                                    f"exit status {status}"))
 
     summary = build_summary(county, day_plan, result, day_end, all_checks, seed=options.seed,
-                            workers=options.workers, metrics=metrics)
+                            workers=options.workers, metrics=metrics, discounts=discounts)
     summary.total_s = time.perf_counter() - started
     _write_outputs(options, summary, result, county, out)
     if not summary.ok:
@@ -206,9 +207,10 @@ async def _day_end(dsn: str, day: dt.date, config: Config, cipher: AccountCipher
                                              folder)
 
 
-async def _journal_checks(dsn: str, result, county: world.World) -> list[checks.Check]:
+async def _journal_checks(dsn: str, result, county: world.World) -> tuple[list[checks.Check], dict[str, int]]:
     async with db.connection(dsn) as conn:
-        return await checks.journal_checks(conn, result.results, [d.device_id for d in county.unknown_devices])
+        found = await checks.journal_checks(conn, result.results, [d.device_id for d in county.unknown_devices])
+        return found, await checks.discount_counts(conn)
 
 
 __all__ = ["DemoOptions", "run_demo"]

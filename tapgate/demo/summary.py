@@ -76,6 +76,8 @@ class Summary:
     # (decision, reason code, reason name) -> taps; HTTP refusals have decision "http_<status>".
     decisions: list[tuple[str, int, str, int]]
     taps_by_kind: dict[str, int]
+    # Planned taps by tap kind: board (flat fare), on and off (county lines), entry (sites).
+    taps_by_tap_kind: dict[str, int]
     taps_by_hour: dict[str, list[int]]
     revenue: list[dict[str, Any]]
     subsidies: list[dict[str, Any]]
@@ -88,6 +90,8 @@ class Summary:
     server_p50_ms: float | None = None
     server_p99_ms: float | None = None
     cache_hit_rate: float | None = None
+    # Accepted taps reduced by each kind of discount (category, transfer, cap), from the journal.
+    discounts: dict[str, int] = dataclasses.field(default_factory=dict)
     total_s: float = 0.0
 
     @property
@@ -107,7 +111,8 @@ def _decisions(drive: DriveResult) -> list[tuple[str, int, str, int]]:
 
 
 def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: DayEnd, checks: list[Check], *,
-                  seed: int, workers: int, metrics: GatewayMetrics | None = None) -> Summary:
+                  seed: int, workers: int, metrics: GatewayMetrics | None = None,
+                  discounts: dict[str, int] | None = None) -> Summary:
     single = [r.latency_s * 1000 for r in drive.results if r.http_status == 200 and not r.tap.offline]
     hours: dict[str, list[int]] = {sector: [0] * 24 for sector in ("urban", "county", "scenic", "venue")}
     for tap in plan.taps:
@@ -143,6 +148,7 @@ def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: Da
         latency_p50_ms=percentile(single, 0.50), latency_p99_ms=percentile(single, 0.99),
         latency_max_ms=max(single, default=0.0),
         decisions=_decisions(drive), taps_by_kind=dict(collections.Counter(t.kind for t in plan.taps)),
+        taps_by_tap_kind=dict(collections.Counter(t.tap_kind for t in plan.taps)),
         taps_by_hour=hours, revenue=revenue, subsidies=subsidies,
         settlement={"debits": result.debits, "debit_fen": result.debit_fen, "held_debits": result.held_debits,
                     "credits": result.credits, "credit_fen": result.credit_fen, "fee_fen": result.fee_fen,
@@ -153,7 +159,7 @@ def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: Da
         checks=checks,
         server_p50_ms=metrics.server_p50_ms if metrics else None,
         server_p99_ms=metrics.server_p99_ms if metrics else None,
-        cache_hit_rate=metrics.cache_hit_rate if metrics else None)
+        cache_hit_rate=metrics.cache_hit_rate if metrics else None, discounts=dict(discounts or {}))
 
 
 # Requests refused before any journaling, by HTTP status (0: no response at all).
@@ -191,6 +197,18 @@ def server_line(summary: Summary) -> str:
     return "，".join(parts) if parts else "网关指标不可用 / gateway metrics unavailable"
 
 
+DISCOUNT_NAMES = {"category": "乘客类别 category", "transfer": "换乘 transfer", "cap": "封顶 cap"}
+TAP_KIND_NAMES = {"board": "上车 board", "on": "上车刷卡 tap-on", "off": "下车刷卡 tap-off", "entry": "入场 entry"}
+
+
+def discount_line(summary: Summary) -> str:
+    """Return the lines with taps by kind and the accepted taps each kind of discount reduced."""
+    kinds = "，".join(f"{TAP_KIND_NAMES.get(k, k)} {n}" for k, n in sorted(summary.taps_by_tap_kind.items()))
+    discounts = "，".join(f"{DISCOUNT_NAMES.get(k, k)} {n}" for k, n in sorted(summary.discounts.items()))
+    return (f"交易类型 / tap kinds: {kinds}\n"
+            f"享受优惠的已接受交易 / accepted taps with a discount: {discounts or '-'}")
+
+
 def format_summary(summary: Summary) -> str:
     """Return the printed summary, Chinese with English beside it."""
     lines = [
@@ -208,7 +226,7 @@ def format_summary(summary: Summary) -> str:
     ]
     for decision, reason, name, count in summary.decisions:
         lines.append(f"  {count:>7}  {reason_label(decision, reason, name)}")
-    lines += ["", "运营单位收入 / revenue per operator (元 yuan):",
+    lines += ["", discount_line(summary), "", "运营单位收入 / revenue per operator (元 yuan):",
               f"  {pad('运营单位 operator', 22)}{rpad('笔数 taps', 9)}  {rpad('票款 fares', 11)}  "
               f"{rpad('补贴 subsidy', 12)}  {rpad('手续费 fees', 11)}  {rpad('付款 credit', 11)}"]
     for row in summary.revenue:
