@@ -16,7 +16,8 @@ import time
 from fastpath.issuer import Phone, make_qr
 from settlement.isofiles import format_yuan
 from tapgate.demo.drive import DriveResult
-from tapgate.demo.summary import Summary, category_name, percentile, reason_label
+from tapgate.demo.summary import (DISCOUNT_NAMES, TAP_KIND_NAMES, Summary, category_name, percentile,
+                                  reason_label)
 
 SECTOR_COLOURS = {"urban": "#3b75af", "county": "#519e3e", "scenic": "#ef8636", "venue": "#8d69b8"}
 
@@ -174,6 +175,9 @@ def render_html(summary: Summary, charts: dict[str, pathlib.Path], qr: tuple[int
         ["网关内 p50 server-side (ms, ≤)", _optional(summary.server_p50_ms, "{:g}")],
         ["网关内 p99 server-side (ms, ≤)", _optional(summary.server_p99_ms, "{:g}")],
         ["凭证缓存命中率 credential cache hit rate", _optional(summary.cache_hit_rate, "{:.0%}")],
+        *[[f"交易类型 tap kind: {TAP_KIND_NAMES.get(kind, kind)}", count]
+          for kind, count in sorted(summary.taps_by_tap_kind.items())],
+        *[[f"优惠 discount: {DISCOUNT_NAMES.get(kind, kind)}", count] for kind, count in sorted(summary.discounts.items())],
         ["持卡人 holders", summary.holders], ["设备 devices", summary.devices],
         ["网关进程 gateway workers", summary.workers], ["总用时 total time (s)", f"{summary.total_s:.1f}"],
     ]
