@@ -16,6 +16,7 @@ process under a supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -273,31 +274,22 @@ class Worker:
         timeout_s = self.config.server.shutdown_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         log_event(log, logging.INFO, "worker.draining", worker=self.name, connections=len(self.connections.connections))
-        if self.server is not None:
-            self.server.close()
-        self.connections.begin_drain()
-        clean = True
-        try:
-            # Leave a fifth of the time for the journal flush and the pool.
-            await asyncio.wait_for(self.connections.wait_closed(), max(0.1, 0.8 * timeout_s))
-        except TimeoutError:
-            clean = False
-            log_event(log, logging.WARNING, "worker.drain_timeout", worker=self.name,
-                      connections=len(self.connections.connections))
-            self.connections.abort_all()
+
+        # Leave a fifth of the time for the journal flush and the pool.
+        clean = await self._close_connections(max(0.1, 0.8 * timeout_s))
         if self._refresher is not None:
             self._refresher.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
-            except asyncio.CancelledError:
-                pass
-        remaining = max(0.1, deadline - time.monotonic())
+
+        # Taps whose connection is gone are still in the journal's queue: flush them.
         try:
             if self.journal is not None:
-                await asyncio.wait_for(self.journal.close(), remaining)
+                await asyncio.wait_for(self.journal.close(), max(0.1, deadline - time.monotonic()))
         except TimeoutError:
             clean = False
             log_event(log, logging.ERROR, "worker.journal_flush_timeout", worker=self.name)
+
         if self.nonces is not None:
             await self.nonces.close()
         if self.pipeline is not None:
@@ -310,3 +302,17 @@ class Worker:
         log_event(log, logging.INFO, "worker.stopped", worker=self.name, clean=clean)
         self._stopped.set()
         return clean
+
+    async def _close_connections(self, timeout_s: float) -> bool:
+        """Stop listening and wait for connections to finish; abort the rest after ``timeout_s``."""
+        if self.server is not None:
+            self.server.close()
+        self.connections.begin_drain()
+        try:
+            await asyncio.wait_for(self.connections.wait_closed(), timeout_s)
+        except TimeoutError:
+            log_event(log, logging.WARNING, "worker.drain_timeout", worker=self.name,
+                      connections=len(self.connections.connections))
+            self.connections.abort_all()
+            return False
+        return True
