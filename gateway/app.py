@@ -124,7 +124,7 @@ Route = Callable[[Request], Awaitable[Response]]
 
 
 class AnomalyLog:
-    """Log rejected authentications at most once per kind per minute, with the count since the last line."""
+    """Log a rejected authentication at most once per kind per minute, counting the ones left out."""
 
     INTERVAL_S = 60.0
 

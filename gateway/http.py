@@ -154,7 +154,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body_bytes = 0
         self._in_request = False
 
-        # Answers not yet written, in request order: (task, keep_alive).
+        # Responses not yet written, in request order: (task, keep_alive).
         self._pending: collections.deque[tuple[asyncio.Task[Response], bool]] = collections.deque()
         self._reading_paused = False
         self._closing = False
