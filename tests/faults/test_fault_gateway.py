@@ -10,7 +10,8 @@ PostgreSQL. Afterwards:
 - every tap a validator saw acknowledged is in the journal exactly once,
   with the journal id and fare it was answered with;
 - no (device, tap id) has two rows, so a retried tap is never charged twice;
-- the journal's hash chain verifies;
+- the journal's hash chain verifies, by ``gateway.journal.verify_chain`` and by
+  ``tapgate journal verify``;
 - the gateway answered again within seconds after every fault: the longest
   stretch without any acknowledged tap is bounded, both workers run again,
   and /readyz is ready.
@@ -30,6 +31,7 @@ import os
 import pathlib
 import random
 import signal
+import sys
 import time
 from typing import Any
 
@@ -201,6 +203,11 @@ async def run_scenario(tmp_path: pathlib.Path, *, validators: int, duration_s: f
         await gateway.wait_for_workers(timeout_s=30.0)
         readiness = await ready(port)
         check = await check_journal(server.dsn, result.acknowledged)
+        # The operator's check too: the CLI verifies the chain on its own and exits 0 only if it holds.
+        verified = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tapgate", "journal", "verify", "--dsn", server.dsn,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        verify_output = b"".join(await asyncio.wait_for(verified.communicate(), 120))
         gap = longest_gap(result.acknowledged, started, ended)
         print(f"\nFAULT-SUMMARY {label}: duration_s={result.duration_s:.1f} validators={validators} "
               f"worker_kills={faults.worker_kills} postgres_restarts={faults.postgres_restarts} "
@@ -217,6 +224,7 @@ async def run_scenario(tmp_path: pathlib.Path, *, validators: int, duration_s: f
         assert check.charged_twice == 0
         assert check.mismatched == 0
         assert check.chain_ok
+        assert verified.returncode == 0, verify_output.decode(errors="replace")[-2000:]
         assert result.unacknowledged == 0
         # Every tap the journal holds was answered to its validator, possibly on a retry.
         assert check.unacknowledged_rows == 0
