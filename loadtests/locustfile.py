@@ -7,8 +7,8 @@ device's secret as a real validator does (``gateway.client.sign_headers``).
   back at the end. At each stop a burst of riders boards (Poisson, scaled by
   the day profile under the peak shape). On area-fare routes riders tap on
   when boarding and tap off at a later stop.
-- ``scenic``: a gate at a scenic spot with a queue standing, one entry every
-  ``gate_interval_s``; the surge shape opens all gates at once on a holiday.
+- ``scenic``: a gate at a scenic spot with people queueing, one entry every
+  ``gate_interval_s``. The surge shape opens all gates at once on a holiday.
 - ``venue``: a gate at a museum, library or sports venue, with entries
   arriving at random (exponential gaps, mean ``venue_interval_s``).
 

@@ -1,9 +1,9 @@
 """Pass/fail thresholds from Locust's CSV files, and the chart of rate and latency over time.
 
-Locust writes ``<prefix>_stats.csv`` (totals per request name, with an
-``Aggregated`` row) and ``<prefix>_stats_history.csv`` (one row per name and
-second or so; its percentiles cover the last 10 seconds). Times in both are
-milliseconds.
+Locust writes ``<prefix>_stats.csv``, the totals per request name with an
+``Aggregated`` row. It also writes ``<prefix>_stats_history.csv``, one row
+per name about every second; with ``--csv-full-history`` its percentiles
+cover the last 10 seconds. Times in both are milliseconds.
 """
 
 from __future__ import annotations

@@ -166,9 +166,9 @@ class TrafficMaker:
                     site_id: str | None = None) -> Holder:
         """Pick a holder not seen at this device within :data:`HOLDER_REUSE_S`, trying a few times.
 
-        At a site, holders who already entered it in this run are avoided too
-        (a scenic ticket allows one entry a day); once few are left, a second
-        entry happens and is rejected with a fare reason the model allows.
+        At a site, holders who already entered it in this run are avoided too,
+        because a scenic ticket allows one entry a day. Once few are left, a
+        second entry happens and is rejected with a fare reason the model allows.
         """
         entered = self.entered.setdefault(site_id, set()) if site_id is not None else set()
 
