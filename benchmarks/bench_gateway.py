@@ -262,7 +262,7 @@ def main() -> int:
             print("measuring the FastAPI baseline ...", file=sys.stderr, flush=True)
             with running(command, baseline_env, port):
                 results["baseline"] = measure_repeated(args.repeat, port, phones, device_list, args.connections,
-                                                       args.duration, max(2000, args.supply_per_s // 4))
+                                                       args.duration, args.supply_per_s)
             results["baseline"]["rows"] = asyncio.run(_count(baseline_dsn, "SELECT count(*) FROM baseline_taps"))
 
     # Other work on the machine skews every number; the load average shows how much there was.
