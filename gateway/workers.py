@@ -126,6 +126,8 @@ class Supervisor:
         self._reservation = bind_socket(server.host, server.port, listen=False)
         self.port = self._reservation.getsockname()[1]
         # Every worker writes its metrics to files here, so /metrics on any worker shows the sum.
+        # NOTE: a PROMETHEUS_MULTIPROC_DIR set by the operator is used as it is, and files left
+        # there by an earlier run are added to the sums; clear it before starting.
         metrics_dir = tempfile.TemporaryDirectory(prefix="tapgate-metrics-")
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", metrics_dir.name)
 

@@ -49,5 +49,7 @@ def apply_overrides(args: argparse.Namespace, config: Config) -> Config:
 
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     config = apply_overrides(args, config)
+    # NOTE: server.shutdown_timeout_s bounds the workers' drain; stopping an
+    # embedded PostgreSQL afterwards takes its own few seconds.
     with runtime.database(config) as dsn:
         return workers.supervise(config, dsn)
