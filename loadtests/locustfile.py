@@ -17,6 +17,9 @@ expired, replayed, forged, lost card, arrears, unknown device) is drawn from
 the traffic model. A tap whose answer is not what its kind must get is a
 Locust failure named by its kind, and every answer goes to this process's
 answer file for the journal check after the run.
+
+TODO: offline batch uploads (``POST /v1/taps/batch``) of validators that
+lost their connection are not simulated yet.
 """
 
 from __future__ import annotations
