@@ -72,8 +72,10 @@ def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, n
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"]
-    # A request cut short when Locust stops its user is in the answer file (status 0) but not in Locust's counts.
-    assert 0 <= check["sent"] - summary["totals"]["requests"] <= 6
+    # Requests cut short or finishing while Locust stops are in the answer files (status 0 if cut) but
+    # may be missing from Locust's final counts; Locust never counts a request the files lack.
+    missing = check["sent"] - summary["totals"]["requests"]
+    assert 0 <= missing <= max(10, check["sent"] // 10)
 
     # The same run judged with an impossible p99 limit fails and names the threshold.
     strict = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--judge-only", "--p99-ms", "0.001")
