@@ -210,7 +210,10 @@ class EmbeddedPostgres:
             self.port = running
             log_event(log, logging.INFO, "pgembed.already_running", port=running, data_dir=self.data_dir)
         else:
-            self.port = _free_port()
+            # A server stopped by this object starts again on the same port, so
+            # clients holding its DSN reconnect as after any restart.
+            if self.port is None:
+                self.port = _free_port()
             self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file), "-w", "-t", "60",
                       "-o", f"-p {self.port}", "start", timeout=90)
             self._started_here = True

@@ -29,8 +29,14 @@ Transaction gateway for the Yiyuan social security card and service code:
 bus validators, scenic-spot and venue gates, fare rules, journal and settlement."""
 
 
-def common_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def common_parser(*, nested: bool = False) -> argparse.ArgumentParser:
+    """Return the parent parser of the options every subcommand shares.
+
+    The copy given to subcommands (``nested=True``) has no defaults, so an
+    option placed before the subcommand (``tapgate --dsn X migrate``) is not
+    overwritten by the subcommand parser's default.
+    """
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS if nested else None)
     group = common.add_argument_group("common options / 通用选项")
     group.add_argument("--config", metavar="FILE",
                        help="TOML configuration file; TAPGATE_<SECTION>_<KEY> variables override it "
@@ -47,9 +53,10 @@ def common_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = common_parser()
+    common = common_parser(nested=True)
     parser = argparse.ArgumentParser(prog="tapgate", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[common])
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     parents=[common_parser()])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands / 子命令")
     import tapgate.commands as commands
 

@@ -86,3 +86,13 @@ def test_invalid_config_value_exit_status(tmp_path: pathlib.Path) -> None:
 @pytest.mark.parametrize("argv", [["no-such-command"], ["migrate", "--log-level", "LOUD"]])
 def test_usage_errors_exit_2(argv: list[str]) -> None:
     assert run_cli(*argv).returncode == 2
+
+
+def test_common_option_before_subcommand_kept(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nworkers = -1\n")
+    before = run_cli("--config", str(bad), "migrate")
+    after = run_cli("migrate", "--config", str(bad))
+    assert before.returncode == 1
+    assert "$.server.workers = -1" in before.stderr
+    assert after.returncode == 1

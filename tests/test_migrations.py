@@ -84,3 +84,18 @@ async def test_tap_partitions_move_default_rows(dsn: str) -> None:
         assert await conn.fetchval("SELECT tapgate_ensure_tap_partitions('2026-12-03', '2026-12-05')") == 0
     finally:
         await conn.close()
+
+
+async def test_embedded_restart_keeps_port(tmp_path) -> None:
+    from gateway.pgembed import EmbeddedPostgres
+
+    server = EmbeddedPostgres(tmp_path / "data")
+    dsn = server.start()
+    try:
+        server.stop()
+        assert server.start() == dsn
+        conn = await asyncpg.connect(dsn)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        server.destroy()
