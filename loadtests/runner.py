@@ -282,8 +282,11 @@ def judge(options: Options, dsn: str, run_fixture: fixture.Fixture) -> int:
                       f"{correctness.wrong_outcomes} wrong outcomes, {correctness.journal_rows_never_sent} "
                       f"journal rows never sent, {correctness.unknown_device_rows} rows of unknown devices "
                       f"(see check.json)")
-    title = (f"tapgate load test: {'+'.join(options.scenarios)}, {options.shape.name} shape, "
-             f"{options.shape.users} devices, {options.shape.duration_s:g} s")
+    shape = options.shape
+    devices = (f"{shape.step_start} devices + {shape.step_users} per {shape.step_s:g} s step"
+               if shape.name == "stepped" else f"{shape.users} devices")
+    title = (f"tapgate load test: {'+'.join(options.scenarios)}, {shape.name} shape, {devices}, "
+             f"{shape.duration_s:g} s")
     report.draw_chart(report.read_history(out / "locust_stats_history.csv"), out / "chart.png", title,
                       options.thresholds)
 
