@@ -1,10 +1,11 @@
 """Canonical encoding of journal rows and batches, for the hash chain.
 
 The same encoding is computed in PostgreSQL when a batch commits
-(``tapgate_tap_encoding`` and ``tapgate_journal_commit`` in migration 0020)
-and here, independently, when the chain is verified. Keep both in step; a
-change needs a new version of the format (a new BATCH_DIGEST_LABEL).
-docs/journal.md describes the format.
+(``tapgate_tap_encoding_v2`` and ``tapgate_journal_commit`` in migration
+0026; encoding v1 in 0020) and here, independently, when the chain is
+verified. Keep both in step. A change needs a new encoding version, recorded
+per batch in ``journal_batches.encoding_version`` and named in the batch
+digest's label. docs/journal.md describes the format.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import hashlib
 import struct
 from typing import Any, Mapping, Sequence
 
-BATCH_DIGEST_LABEL = b"tapgate.batch.v1"
 GENESIS_HASH = bytes(32)
+# The encoding that new batches use; batches committed before migration 0026 use 1.
+ENCODING_VERSION = 2
 
-# Columns of taps in table order (migration 0001) with their PostgreSQL type OIDs.
-TAP_COLUMN_TYPES = (
+# Encoding v1: the columns of taps of migration 0001 in table order, with their PostgreSQL type OIDs.
+TAP_COLUMN_TYPES_V1 = (
     ("tap_id", 20), ("business_day", 1082), ("batch_id", 20), ("device_id", 25), ("device_tap_id", 20),
     ("tap_time", 1184), ("received_at", 1184), ("offline", 16), ("operator_id", 25), ("route_id", 25),
     ("stop_id", 25), ("site_id", 25), ("tap_kind", 21), ("medium", 21), ("credential_id", 17),
@@ -26,7 +28,15 @@ TAP_COLUMN_TYPES = (
     ("product_id", 25), ("fare_fen", 23), ("full_fare_fen", 23), ("discount_kinds", 1009),
     ("rule_set_version", 23), ("request_digest", 17),
 )
-TAP_COLUMNS = tuple(name for name, _ in TAP_COLUMN_TYPES)
+# Encoding v2 (migration 0026) adds the tap-off adjustments.
+TAP_COLUMN_TYPES_V2 = TAP_COLUMN_TYPES_V1 + (("adjustment_fen", 23), ("full_fare_adjustment_fen", 23))
+COLUMN_TYPES = {1: TAP_COLUMN_TYPES_V1, 2: TAP_COLUMN_TYPES_V2}
+# Columns that a v1 row must hold as 0, because they did not exist when it was hashed.
+UNHASHED_IN_V1 = ("adjustment_fen", "full_fare_adjustment_fen")
+# Every column that some encoding covers, for reading rows to verify.
+TAP_COLUMNS = tuple(name for name, _ in TAP_COLUMN_TYPES_V2)
+BATCH_DIGEST_LABELS = {1: b"tapgate.batch.v1", 2: b"tapgate.batch.v2"}
+BATCH_DIGEST_LABEL = BATCH_DIGEST_LABELS[ENCODING_VERSION]
 
 _INT8 = struct.Struct(">q")
 _INT4 = struct.Struct(">i")
@@ -107,18 +117,27 @@ def _send(oid: int, value: Any) -> bytes:
         return b"\x01" if value else b"\x00"
     if oid == 1009:
         return text_array_bytes(value)
-    raise AssertionError(f"type {oid} has no encoding")  # pragma: no cover - TAP_COLUMN_TYPES uses only the above
+    raise AssertionError(f"type {oid} has no encoding")  # pragma: no cover - COLUMN_TYPES uses only the above
 
 
-def encode_row(row: Mapping[str, Any]) -> bytes:
-    """Return the canonical encoding v1 of one taps row (a mapping of column name to value).
+def _column_types(version: int) -> tuple[tuple[str, int], ...]:
+    try:
+        return COLUMN_TYPES[version]
+    except KeyError:
+        raise ValueError(f"row encoding version {version} is unknown: expected one of {sorted(COLUMN_TYPES)}") from None
+
+
+def encode_row(row: Mapping[str, Any], version: int = ENCODING_VERSION) -> bytes:
+    """Return the canonical encoding ``version`` of one taps row (a mapping of column name to value).
 
     It is PostgreSQL's record_send() of the row's columns: the column count,
     then per column its type OID, its length (-1 for NULL) and its value in
-    binary send format, all integers big-endian.
+    binary send format, all integers big-endian. Version 1 covers the 26
+    columns of migration 0001, version 2 adds the two adjustments.
     """
-    parts = [_INT4.pack(len(TAP_COLUMN_TYPES))]
-    for name, oid in TAP_COLUMN_TYPES:
+    column_types = _column_types(version)
+    parts = [_INT4.pack(len(column_types))]
+    for name, oid in column_types:
         value = row[name]
         if value is None:
             parts.append(_INT4.pack(oid) + _INT4.pack(-1))
@@ -128,15 +147,20 @@ def encode_row(row: Mapping[str, Any]) -> bytes:
     return b"".join(parts)
 
 
-def row_hash(row: Mapping[str, Any]) -> bytes:
-    return hashlib.sha256(encode_row(row)).digest()
+def row_hash(row: Mapping[str, Any], version: int = ENCODING_VERSION) -> bytes:
+    return hashlib.sha256(encode_row(row, version)).digest()
 
 
 def batch_digest(batch_id: int, committed_at: dt.datetime, worker: str,
-                 pairs: Sequence[tuple[int, bytes]]) -> bytes:
-    """Return the digest of a batch: a header, then each (tap_id, row hash) in tap_id order."""
+                 pairs: Sequence[tuple[int, bytes]], version: int = ENCODING_VERSION) -> bytes:
+    """Return the digest of a batch: a header, then each (tap_id, row hash) in tap_id order.
+
+    The header starts with the label of the batch's row encoding
+    (``tapgate.batch.v1`` or ``tapgate.batch.v2``).
+    """
+    _column_types(version)
     hasher = hashlib.sha256()
-    hasher.update(BATCH_DIGEST_LABEL)
+    hasher.update(BATCH_DIGEST_LABELS[version])
     hasher.update(_INT8.pack(batch_id))
     hasher.update(timestamp_bytes(committed_at))
     hasher.update(field(worker.encode("utf-8")))

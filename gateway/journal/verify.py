@@ -97,7 +97,8 @@ async def _checked_batches(conn: asyncpg.Connection, report: ChainReport,
     after = -(2 ** 63)
     while True:
         batches = await conn.fetch("""
-            SELECT batch_id, committed_at, worker, tap_count, digest, prev_hash, chain_hash, tap_ids, row_hashes
+            SELECT batch_id, committed_at, worker, tap_count, digest, prev_hash, chain_hash, tap_ids, row_hashes,
+                   encoding_version
             FROM journal_batches WHERE batch_id > $1 ORDER BY batch_id LIMIT $2""", after, chunk_batches)
         last_chunk = len(batches) < chunk_batches
         # Rows are read by batch_id range, the last range open-ended, so every row is seen exactly once.
@@ -125,6 +126,7 @@ async def _checked_batches(conn: asyncpg.Connection, report: ChainReport,
 
 def _check_batch(record: asyncpg.Record, rows: list[asyncpg.Record], report: ChainReport) -> _Batch:
     batch_id = record["batch_id"]
+    version = record["encoding_version"]
     prev_hash = bytes(record["prev_hash"])
     digest = bytes(record["digest"])
     tap_ids = list(record["tap_ids"])
@@ -132,10 +134,12 @@ def _check_batch(record: asyncpg.Record, rows: list[asyncpg.Record], report: Cha
     recorded = {tap_id: hashes[32 * i:32 * i + 32] for i, tap_id in enumerate(tap_ids)}
 
     # The batch row itself: its row list, header and digest must agree.
-    consistent = len(hashes) == 32 * len(tap_ids) and record["tap_count"] == len(tap_ids) == len(recorded)
+    # The digest's label names the encoding version, so a changed version fails here too.
+    consistent = (version in encoding.COLUMN_TYPES and len(hashes) == 32 * len(tap_ids)
+                  and record["tap_count"] == len(tap_ids) == len(recorded))
     if consistent:
         pairs = [(tap_id, recorded[tap_id]) for tap_id in tap_ids]
-        expected = encoding.batch_digest(batch_id, record["committed_at"], record["worker"], pairs)
+        expected = encoding.batch_digest(batch_id, record["committed_at"], record["worker"], pairs, version)
         consistent = expected == digest
     if not consistent:
         report.add(BATCH_ALTERED, batch_id, None,
@@ -156,7 +160,7 @@ def _check_batch(record: asyncpg.Record, rows: list[asyncpg.Record], report: Cha
         if wanted is None:
             report.add(ROW_INSERTED, batch_id, tap_id, f"tap {tap_id} is in batch {batch_id} but was not committed with it",
                        f"流水 {tap_id} 属于批次 {batch_id}，但不是随该批次提交的")
-        elif encoding.row_hash(row) != wanted:
+        elif not _row_intact(row, version, wanted):
             report.add(ROW_ALTERED, batch_id, tap_id, f"tap {tap_id} of batch {batch_id} was changed after commit",
                        f"批次 {batch_id} 的流水 {tap_id} 在提交后被修改")
     for tap_id in tap_ids:
@@ -164,6 +168,13 @@ def _check_batch(record: asyncpg.Record, rows: list[asyncpg.Record], report: Cha
             report.add(ROW_REMOVED, batch_id, tap_id, f"tap {tap_id} of batch {batch_id} is missing",
                        f"批次 {batch_id} 的流水 {tap_id} 缺失")
     return _Batch(batch_id, prev_hash, bytes(record["chain_hash"]), computed_chain)
+
+
+def _row_intact(row: asyncpg.Record, version: int, recorded_hash: bytes) -> bool:
+    if version not in encoding.COLUMN_TYPES or encoding.row_hash(row, version) != recorded_hash:
+        return False
+    # A v1 row was hashed before the adjustment columns existed, so they must still hold their default 0.
+    return version != 1 or all(row[name] == 0 for name in encoding.UNHASHED_IN_V1)
 
 
 class _Linker:

@@ -2,7 +2,7 @@
 
 Appends from every connection of the worker wait a few milliseconds (or until
 ``batch_max`` entries are waiting), then go to PostgreSQL together in one
-call of ``tapgate_journal_commit`` (migration 0020): one statement, one round
+call of ``tapgate_journal_commit`` (migrations 0020 and 0026): one statement, one round
 trip, one transaction. Each append resolves only after that transaction's
 commit has been acknowledged by PostgreSQL (``synchronous_commit = on``), so
 an acknowledged tap is durable.
@@ -77,6 +77,9 @@ class JournalEntry(msgspec.Struct, frozen=True):
     ``medium`` 1 card, 2 QR; ``decision`` 1 accepted, 0 rejected.
     ``replay_key`` (QR codes) may be used by one tap only; ``rider_state`` is
     the holder's new encoded RiderState, stored only if the tap is accepted.
+    ``adjustment_fen`` (zero or negative) and ``full_fare_adjustment_fen`` are
+    an accepted tap-off's corrections of the maximum fare charged at its
+    tap-on (``Price.adjustment_fen`` and ``Price.full_fare_adjustment_fen``).
     """
 
     device_id: str
@@ -104,6 +107,8 @@ class JournalEntry(msgspec.Struct, frozen=True):
     request_digest: bytes
     replay_key: bytes | None = None
     rider_state: bytes | None = None
+    adjustment_fen: int = 0
+    full_fare_adjustment_fen: int = 0
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -113,6 +118,7 @@ class JournalOutcome:
     For ``status == "new"`` this is the row just written (a replayed QR code
     shows decision 0, reason 43, fare 0). For ``"retry"`` and ``"conflict"`` it
     is the row written by the first request with that device tap id.
+    The rider pays ``fare_fen + adjustment_fen`` for this tap.
     """
 
     status: str
@@ -127,6 +133,8 @@ class JournalOutcome:
     product_id: str | None
     discount_kinds: tuple[str, ...]
     rule_set_version: int | None
+    adjustment_fen: int = 0
+    full_fare_adjustment_fen: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -160,6 +168,13 @@ def _check_entry(entry: JournalEntry) -> None:
         problems.append(f"rule_set_version={entry.rule_set_version} (expected 0 to {_INTEGER_MAX})")
     if entry.fare_fen > _INTEGER_MAX or entry.full_fare_fen > _INTEGER_MAX:
         problems.append(f"fare_fen={entry.fare_fen}, full_fare_fen={entry.full_fare_fen} (expected <= {_INTEGER_MAX})")
+    if not -_INTEGER_MAX - 1 <= entry.adjustment_fen <= 0:
+        problems.append(f"adjustment_fen={entry.adjustment_fen} (expected {-_INTEGER_MAX - 1} to 0)")
+    if not -_INTEGER_MAX - 1 <= entry.full_fare_adjustment_fen <= _INTEGER_MAX:
+        problems.append(f"full_fare_adjustment_fen={entry.full_fare_adjustment_fen} (expected a 32-bit integer)")
+    if (entry.adjustment_fen or entry.full_fare_adjustment_fen) and (entry.tap_kind != 2 or entry.decision != 1):
+        problems.append(f"adjustment_fen={entry.adjustment_fen}, full_fare_adjustment_fen="
+                        f"{entry.full_fare_adjustment_fen} on a tap that is not an accepted tap-off (expected 0)")
 
     if entry.tap_kind not in (0, 1, 2, 3):
         problems.append(f"tap_kind={entry.tap_kind!r} (expected 0 board, 1 on, 2 off or 3 entry)")
@@ -451,7 +466,8 @@ class Journal:
                 batch_id=row["batch_id"], decision=row["decision"], reason=row["reason"],
                 fare_fen=row["fare_fen"], full_fare_fen=row["full_fare_fen"],
                 rider_category=row["rider_category"], product_id=row["product_id"],
-                discount_kinds=tuple(row["discount_kinds"] or ()), rule_set_version=row["rule_set_version"]))
+                discount_kinds=tuple(row["discount_kinds"] or ()), rule_set_version=row["rule_set_version"],
+                adjustment_fen=row["adjustment_fen"], full_fare_adjustment_fen=row["full_fare_adjustment_fen"]))
         for status, count in enumerate(counts):
             if count:
                 metrics.JOURNAL_ENTRIES.labels(STATUS_NAMES[status]).inc(count)
@@ -498,13 +514,13 @@ class Journal:
 
 
 def _record(entry: JournalEntry, day: dt.date) -> tuple[object, ...]:
-    # Field order of the tapgate_journal_entry composite type.
+    # Field order of the tapgate_journal_entry composite type (0020, then the two fields added in 0026).
     return (entry.device_id, entry.device_tap_id, day, entry.tap_time_ms, entry.received_at_ms, entry.offline,
             entry.operator_id, entry.route_id, entry.stop_id, entry.site_id, entry.tap_kind, entry.medium,
             entry.credential_id, entry.holder_token, entry.account_token, entry.decision, entry.reason,
             entry.rider_category, entry.product_id, entry.fare_fen, entry.full_fare_fen,
             ",".join(entry.discount_kinds), entry.rule_set_version, entry.request_digest, entry.replay_key,
-            entry.rider_state)
+            entry.rider_state, entry.adjustment_fen, entry.full_fare_adjustment_fen)
 
 
 def _set_result(future: asyncio.Future[JournalOutcome], outcome: JournalOutcome) -> None:

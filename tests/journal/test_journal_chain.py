@@ -56,12 +56,24 @@ async def test_empty_journal_verifies(pool: asyncpg.Pool):
     assert report.batches_checked == 0
 
 
+_SQL_ENCODINGS = f"""SELECT {', '.join(encoding.TAP_COLUMNS)}, tapgate_tap_encoding(t) AS sql_v1,
+                            tapgate_tap_encoding_v2(t) AS sql_v2 FROM taps t"""
+
+
 async def test_python_encoding_matches_database(pool: asyncpg.Pool):
     await _fill(pool, batches=1)
-    rows = await pool.fetch(f"SELECT {', '.join(encoding.TAP_COLUMNS)}, tapgate_tap_encoding(t) AS sql_encoding "
-                            "FROM taps t")
+    await pool.execute("UPDATE taps SET tap_kind = 2, adjustment_fen = -150, full_fare_adjustment_fen = -300 "
+                       "WHERE tap_id = (SELECT min(tap_id) FROM taps)")
+    rows = await pool.fetch(_SQL_ENCODINGS)
     for row in rows:
-        assert encoding.encode_row(row) == bytes(row["sql_encoding"])
+        assert encoding.encode_row(row, 1) == bytes(row["sql_v1"])
+        assert encoding.encode_row(row, 2) == bytes(row["sql_v2"])
+        assert encoding.encode_row(row) == bytes(row["sql_v2"])
+
+
+async def test_unknown_encoding_version_rejected():
+    with pytest.raises(ValueError, match="row encoding version 3 is unknown"):
+        encoding.encode_row({}, 3)
 
 
 @pytest.mark.parametrize("kinds", [
@@ -75,11 +87,12 @@ async def test_array_encoding_matches_database(pool: asyncpg.Pool, kinds: list):
 async def test_encoding_of_unusual_values_matches_database(pool: asyncpg.Pool):
     await _fill(pool, batches=1)
     await pool.execute("""UPDATE taps SET discount_kinds = '{"a,b",NULL,""}', route_id = '线路 "1"',
-                          tap_time = '1999-12-31 23:59:59.999999+00', stop_id = NULL, fare_fen = 2147483647""")
-    rows = await pool.fetch(f"SELECT {', '.join(encoding.TAP_COLUMNS)}, tapgate_tap_encoding(t) AS sql_encoding "
-                            "FROM taps t")
+                          tap_time = '1999-12-31 23:59:59.999999+00', stop_id = NULL, fare_fen = 2147483647,
+                          tap_kind = 2, adjustment_fen = -2147483648, full_fare_adjustment_fen = 2147483647""")
+    rows = await pool.fetch(_SQL_ENCODINGS)
     for row in rows:
-        assert encoding.encode_row(row) == bytes(row["sql_encoding"])
+        assert encoding.encode_row(row, 1) == bytes(row["sql_v1"])
+        assert encoding.encode_row(row, 2) == bytes(row["sql_v2"])
 
 
 async def test_updated_row_detected(pool: asyncpg.Pool):
