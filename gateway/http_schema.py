@@ -53,6 +53,8 @@ class TapResponse(msgspec.Struct, kw_only=True):
     server_time_ms: int
     # "new", "retry" (the stored response to an earlier upload of this tap) or "conflict" (batch responses).
     status: str = "new"
+    # A county-line tap-off's correction (zero or negative) of the maximum fare charged at its tap-on.
+    adjustment_fen: int = 0
 
 
 class TapBatchResponse(msgspec.Struct, kw_only=True):

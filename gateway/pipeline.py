@@ -189,6 +189,9 @@ class Decision:
     product_id: str | None = None
     fare_fen: int = 0
     full_fare_fen: int = 0
+    # A tap-off's corrections of the maximum fare charged at its tap-on (zero or negative for adjustment_fen).
+    adjustment_fen: int = 0
+    full_fare_adjustment_fen: int = 0
     discount_kinds: tuple[str, ...] = ()
     rule_set_version: int | None = None
     display_zh: str = ""
@@ -296,6 +299,8 @@ class TapPipeline:
         decision.display_en = price.display_en
         if decision.reason == 0:
             decision.fare_fen = price.fare_fen
+            decision.adjustment_fen = price.adjustment_fen
+            decision.full_fare_adjustment_fen = price.full_fare_adjustment_fen
             decision.discount_kinds = tuple(price.discount_kinds)
             decision.rider_state = new_state.encode() if new_state is not None else None
 
@@ -312,7 +317,9 @@ class TapPipeline:
             fare_fen=decision.fare_fen if accepted else 0, full_fare_fen=decision.full_fare_fen,
             discount_kinds=tuple(decision.discount_kinds), rule_set_version=decision.rule_set_version,
             request_digest=request_digest(tap), replay_key=decision.replay_key,
-            rider_state=decision.rider_state if accepted else None))
+            rider_state=decision.rider_state if accepted else None,
+            adjustment_fen=decision.adjustment_fen if accepted else 0,
+            full_fare_adjustment_fen=decision.full_fare_adjustment_fen if accepted else 0))
         return self._answer(device, tap, decision, outcome)
 
     def _answer(self, device: Device, tap: TapRequest, decision: Decision, outcome: Any) -> TapOutcome:
@@ -345,4 +352,5 @@ class TapPipeline:
             reason=reason, reason_name=reason_name, fare_fen=outcome.fare_fen,
             full_fare_fen=getattr(outcome, "full_fare_fen", decision.full_fare_fen),
             rider_category=getattr(outcome, "rider_category", decision.rider_category),
-            display_zh=zh, display_en=en, server_time_ms=now_ms, status=outcome.status))
+            display_zh=zh, display_en=en, server_time_ms=now_ms, status=outcome.status,
+            adjustment_fen=outcome.adjustment_fen))
