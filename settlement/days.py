@@ -9,6 +9,12 @@ Days close in order and H never decreases, so these sets are nested and the
 differences are disjoint: each tap is settled by exactly one day, and a tap
 uploaded after its own day closed is settled by the next day closed after its
 commit.
+
+A rider's charge for a tap is ``fare_fen + adjustment_fen``. The adjustment
+(zero or negative) is carried by a county-line tap-off and corrects the
+maximum fare charged at its tap-on. When the tap-off falls in a later
+business day than its tap-on (after midnight, or uploaded late), that later
+day's net charge for the account is reduced and can be negative.
 """
 
 from __future__ import annotations
@@ -57,6 +63,23 @@ def day_taps_sql(columns: str, *, first_param: int = 1) -> str:
         SELECT {columns} FROM taps
         WHERE {p}::date IS NOT NULL AND business_day <= {p}::date
           AND batch_id > {hp}::bigint AND batch_id <= {h}::bigint"""
+
+
+def day_net_fares_sql(*, first_param: int = 1) -> str:
+    """Return SQL of the net charge per (account_token, operator_id) of the taps settled by one closed day.
+
+    Columns: account_token, operator_id, taps (accepted taps with a fare or
+    an adjustment) and net_fen, the sum of ``fare_fen + adjustment_fen``,
+    which is negative when tap-off credits outweigh the day's fares. Taps
+    without an account token are left out. Parameters as in
+    :func:`day_taps_sql`.
+    """
+    columns = "account_token, operator_id, fare_fen, adjustment_fen, decision"
+    return f"""
+        SELECT account_token, operator_id, count(*) AS taps, sum(fare_fen + adjustment_fen)::bigint AS net_fen
+        FROM ({day_taps_sql(columns, first_param=first_param)}) t
+        WHERE decision = 1 AND account_token IS NOT NULL AND (fare_fen > 0 OR adjustment_fen < 0)
+        GROUP BY account_token, operator_id"""
 
 
 def day_params(day: ClosedDay) -> tuple:
@@ -136,32 +159,41 @@ async def close_day(conn: asyncpg.Connection, day: dt.date, cutoff: dt.time, *,
 
 async def _aggregate(conn: asyncpg.Connection, day: ClosedDay) -> None:
     params = day_params(day)
-    columns = ("account_token, operator_id, fare_fen, full_fare_fen, rider_category, discount_kinds, decision")
+    # settlement_account_fares only holds positive amounts, so an account and
+    # operator whose tap-off credits outweigh the day's fares has no row here.
+    # The accrual posting reads every net, negative ones included, from the
+    # journal (settlement.run).
     await conn.execute(f"""
         INSERT INTO settlement_account_fares (business_day, account_token, operator_id, taps, fare_fen)
-        SELECT $1, account_token, operator_id, count(*), sum(fare_fen)
-        FROM ({day_taps_sql(columns)}) t
-        WHERE decision = 1 AND fare_fen > 0 AND account_token IS NOT NULL
-        GROUP BY account_token, operator_id""", *params)
+        SELECT $1, account_token, operator_id, taps, net_fen
+        FROM ({day_net_fares_sql()}) n
+        WHERE net_fen > 0""", *params)
 
     # A free or discounted ride is one whose fare the rider category reduced.
-    reduced = "'category' = ANY(discount_kinds) AND fare_fen < full_fare_fen"
+    # A tap-off carries the category kind of its trip and corrects the
+    # tap-on's fare and full fare, so its adjustments count with the tap-on
+    # (its own fare_fen and full_fare_fen are 0). It is not a ride of its own.
+    columns = ("operator_id, fare_fen, full_fare_fen, adjustment_fen, full_fare_adjustment_fen, rider_category, "
+               "discount_kinds, decision, tap_kind")
+    reduced = "'category' = ANY(discount_kinds) AND (tap_kind = 2 OR fare_fen < full_fare_fen)"
+    ride = "tap_kind <> 2"
     await conn.execute(f"""
         INSERT INTO settlement_category_totals (business_day, operator_id, rider_category, taps, free_taps,
             discounted_taps, fare_fen, full_fare_fen, subsidy_full_fare_fen, subsidy_fen)
         SELECT $1, operator_id, coalesce(rider_category, ''), count(*),
-               count(*) FILTER (WHERE {reduced} AND fare_fen = 0),
-               count(*) FILTER (WHERE {reduced} AND fare_fen > 0),
-               sum(fare_fen), sum(full_fare_fen),
-               coalesce(sum(full_fare_fen) FILTER (WHERE {reduced}), 0),
-               coalesce(sum(full_fare_fen - fare_fen) FILTER (WHERE {reduced}), 0)
+               count(*) FILTER (WHERE {reduced} AND {ride} AND fare_fen = 0),
+               count(*) FILTER (WHERE {reduced} AND {ride} AND fare_fen > 0),
+               sum(fare_fen + adjustment_fen), sum(full_fare_fen + full_fare_adjustment_fen),
+               coalesce(sum(full_fare_fen + full_fare_adjustment_fen) FILTER (WHERE {reduced}), 0),
+               coalesce(sum((full_fare_fen + full_fare_adjustment_fen) - (fare_fen + adjustment_fen))
+                        FILTER (WHERE {reduced}), 0)
         FROM ({day_taps_sql(columns)}) t
         WHERE decision = 1
         GROUP BY operator_id, coalesce(rider_category, '')""", *params)
 
     missing = await conn.fetchval(f"""
-        SELECT count(*) FROM ({day_taps_sql(columns)}) t
-        WHERE decision = 1 AND fare_fen > 0 AND account_token IS NULL""", *params)
+        SELECT count(*) FROM ({day_taps_sql("account_token, fare_fen, adjustment_fen, decision")}) t
+        WHERE decision = 1 AND (fare_fen > 0 OR adjustment_fen < 0) AND account_token IS NULL""", *params)
     if missing:
         # TODO: accepted fares without an account token cannot be collected; they are counted here only.
         log_event(log, logging.WARNING, "settlement.fares_without_account", day=day.business_day, taps=missing)

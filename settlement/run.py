@@ -4,12 +4,13 @@ A run is a sequence of steps, each committed in its own transaction together
 with the run's ``step`` marker, so a run killed at any point resumes at the
 first step not committed:
 
-1. ``accrual``: post the day's fares (rider receivables against operator
-   payables and fees);
+1. ``accrual``: post the day's net fares, ``fare_fen + adjustment_fen``
+   of its taps (rider receivables against operator payables and fees);
 2. ``subsidy``: post the subsidy owed by the finance bureau for free and
    discounted rides;
 3. ``debits``: one direct debit per rider account with a receivable balance
-   (the day's fares plus anything earlier rejected or held);
+   (the day's fares plus anything earlier rejected or held, less credits
+   left by tap-offs);
 4. ``credits``: one credit transfer per operator with a payable balance;
 5. ``files``: per cooperating bank, pain.008 + CSV for its debits and
    pain.001 + CSV for its credits.
@@ -34,7 +35,7 @@ import asyncpg
 
 from gateway import timeutil
 from gateway.logs import log_event
-from settlement import arrears, ledger
+from settlement import arrears, days, ledger
 from settlement.crypto import AccountCipher
 from settlement.days import ClosedDay, require_closed_day
 from settlement.errors import SettlementError
@@ -97,17 +98,23 @@ async def _check_order(conn: asyncpg.Connection, day: dt.date) -> None:
 
 
 async def _accrual(conn: asyncpg.Connection, day: dt.date) -> None:
-    # Fee per operator and day, rounded half up to the fen.
-    await ledger.post_query(conn, f"accrual:{day}", "accrual", """
-        WITH ops AS (
-            SELECT f.operator_id, sum(f.fare_fen)::bigint AS fare,
-                   (sum(f.fare_fen)::bigint * coalesce(max(a.fee_bp), 0) + 5000) / 10000 AS fee
-            FROM settlement_account_fares f LEFT JOIN settlement_operator_accounts a USING (operator_id)
-            WHERE f.business_day = $2 GROUP BY f.operator_id)
-        SELECT 'rider_receivable' AS account, encode(account_token, 'hex') AS subject, sum(fare_fen) AS amount_fen
-        FROM settlement_account_fares WHERE business_day = $2 GROUP BY account_token
+    # The net charge per account and operator is read from the journal, not
+    # from settlement_account_fares, because a net made negative by tap-off
+    # credits has no row there. A negative receivable line is a credit that
+    # stays on the rider's account and reduces a later debit. Fee per
+    # operator and day on its net fares, rounded half up to the fen.
+    closed = await require_closed_day(conn, day)
+    await ledger.post_query(conn, f"accrual:{day}", "accrual", f"""
+        WITH nets AS ({days.day_net_fares_sql(first_param=2)}),
+        ops AS (
+            SELECT n.operator_id, sum(n.net_fen)::bigint AS fare,
+                   floor((sum(n.net_fen) * coalesce(max(a.fee_bp), 0) + 5000) / 10000.0)::bigint AS fee
+            FROM nets n LEFT JOIN settlement_operator_accounts a USING (operator_id)
+            GROUP BY n.operator_id)
+        SELECT 'rider_receivable' AS account, encode(account_token, 'hex') AS subject, sum(net_fen) AS amount_fen
+        FROM nets GROUP BY account_token
         UNION ALL SELECT 'operator_payable', operator_id, -(fare - fee) FROM ops
-        UNION ALL SELECT 'fee_income', operator_id, -fee FROM ops""", day, day=day,
+        UNION ALL SELECT 'fee_income', operator_id, -fee FROM ops""", *days.day_params(closed), day=day,
         memo=f"fares of business day {day}")
 
 
@@ -123,7 +130,11 @@ async def _subsidy(conn: asyncpg.Connection, day: dt.date) -> None:
 
 async def _debits(conn: asyncpg.Connection, day: dt.date) -> None:
     # Every rider account with a receivable balance gets one debit: the day's
-    # fares plus whatever an earlier debit left unpaid (rejected) or held.
+    # net fares plus whatever an earlier debit left unpaid (rejected) or held,
+    # less any credit left by tap-offs. day_fen is the day's accrual for the
+    # account when positive; carried_fen is the rest of the balance (negative
+    # when an earlier credit reduces the debit). An account whose balance is
+    # zero or a credit gets no debit, and the credit stays receivable.
     # TODO: the balance scan reads every receivable line ever posted; keep a
     # running balance table once the ledger contains years of history.
     await conn.execute("""
@@ -136,8 +147,10 @@ async def _debits(conn: asyncpg.Connection, day: dt.date) -> None:
                      row_number() OVER (ORDER BY subject) AS n
               FROM ledger_lines WHERE account = 'rider_receivable'
               GROUP BY subject HAVING sum(amount_fen) > 0) b
-        LEFT JOIN (SELECT account_token, sum(fare_fen) AS day_fen FROM settlement_account_fares
-                   WHERE business_day = $1 GROUP BY account_token) f ON f.account_token = b.token
+        LEFT JOIN (SELECT decode(l.subject, 'hex') AS token, greatest(sum(l.amount_fen), 0) AS day_fen
+                   FROM ledger_lines l JOIN ledger_postings p USING (posting_id)
+                   WHERE p.ref = 'accrual:' || $1::date::text AND l.account = 'rider_receivable'
+                   GROUP BY l.subject) f ON f.token = b.token
         LEFT JOIN settlement_rider_accounts r ON r.account_token = b.token""", day)
     await ledger.post_query(conn, f"debits:{day}", "debits", """
         SELECT 'collections_clearing' AS account, bank_code AS subject, sum(amount_fen) AS amount_fen
@@ -159,8 +172,10 @@ async def _credits(conn: asyncpg.Connection, day: dt.date) -> None:
         FROM (SELECT subject AS operator_id, -sum(amount_fen) AS owed, row_number() OVER (ORDER BY subject) AS n
               FROM ledger_lines WHERE account = 'operator_payable'
               GROUP BY subject HAVING sum(amount_fen) < 0) b
-        LEFT JOIN (SELECT operator_id, sum(fare_fen) AS fare_fen FROM settlement_account_fares
-                   WHERE business_day = $1 GROUP BY operator_id) f USING (operator_id)
+        LEFT JOIN (SELECT l.subject AS operator_id, -sum(l.amount_fen) AS fare_fen
+                   FROM ledger_lines l JOIN ledger_postings p USING (posting_id)
+                   WHERE p.ref = 'accrual:' || $1::date::text AND l.account IN ('operator_payable', 'fee_income')
+                   GROUP BY l.subject) f USING (operator_id)
         LEFT JOIN (SELECT l.subject AS operator_id, -l.amount_fen AS fee_fen
                    FROM ledger_lines l JOIN ledger_postings p USING (posting_id)
                    WHERE p.ref = 'accrual:' || $1::date::text AND l.account = 'fee_income') fee USING (operator_id)

@@ -45,7 +45,12 @@ def cipher(tmp_path) -> AccountCipher:
 
 @dataclasses.dataclass
 class Journal:
-    """Writes taps the way the gateway's group commit does: one journal batch per call."""
+    """Writes taps the way the gateway's group commit does: one journal batch per call.
+
+    A tap is a dict: account (token), and optionally tap_time or day, fare, full_fare, operator, decision,
+    category, discounts, offline, received_at, kind (tap_kind, 2 for a tap-off), adjustment and
+    full_fare_adjustment.
+    """
 
     conn: asyncpg.Connection
     device_tap_ids: itertools.count = dataclasses.field(default_factory=lambda: itertools.count(1))
@@ -67,14 +72,16 @@ class Journal:
         await self.conn.execute(
             """INSERT INTO taps (tap_id, business_day, batch_id, device_id, device_tap_id, tap_time, received_at,
                    offline, operator_id, route_id, tap_kind, medium, account_token, holder_token, decision, reason,
-                   rider_category, fare_fen, full_fare_fen, discount_kinds, request_digest)
-               VALUES (nextval('tap_id_seq'), $1, $2, 'dev-1', $3, $4, $5, $6, $7, 'r1', 0, 1, $8, $8, $9, $10,
-                       $11, $12, $13, $14, $15)""",
+                   rider_category, fare_fen, full_fare_fen, discount_kinds, request_digest, adjustment_fen,
+                   full_fare_adjustment_fen)
+               VALUES (nextval('tap_id_seq'), $1, $2, 'dev-1', $3, $4, $5, $6, $7, 'r1', $16, 1, $8, $8, $9, $10,
+                       $11, $12, $13, $14, $15, $17, $18)""",
             timeutil.business_day(tap_time), batch_id, device_tap_id, tap_time, tap.get("received_at", tap_time),
             tap.get("offline", False), tap.get("operator", "bus1"), tap["account"], tap.get("decision", 1),
             0 if tap.get("decision", 1) else 44, tap.get("category", "adult"), tap.get("fare", 200),
             tap.get("full_fare", tap.get("fare", 200)), tap.get("discounts", []),
-            hashlib.sha256(f"{device_tap_id}".encode()).digest())
+            hashlib.sha256(f"{device_tap_id}".encode()).digest(), tap.get("kind", 0), tap.get("adjustment", 0),
+            tap.get("full_fare_adjustment", 0))
 
 
 async def seed(conn: asyncpg.Connection, cipher: AccountCipher, riders: range = range(1, 11)) -> None:
