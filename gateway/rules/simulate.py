@@ -124,7 +124,7 @@ def entitlements_for(category: CCategory | None, day: dt.date) -> SimulatedEntit
 
 _QUERY = """
 SELECT holder_token, tap_time, operator_id, route_id, stop_id, site_id, tap_kind, medium, decision, reason,
-       rider_category, fare_fen, full_fare_fen, rule_set_version
+       rider_category, fare_fen, full_fare_fen, adjustment_fen, full_fare_adjustment_fen, rule_set_version
 FROM taps
 WHERE business_day BETWEEN $1 AND $2 AND holder_token IS NOT NULL
   AND (decision = 1 OR reason BETWEEN 60 AND 79)
@@ -174,12 +174,13 @@ async def simulate(conn: asyncpg.Connection, draft: RuleBook, first_day: dt.date
                 price, new_state = draft.price(request, state)
                 baseline_accepted = tap["decision"] == 1
                 if baseline_accepted:
-                    # TODO: add the journal's tap-off adjustment here once taps stores it; until then the
-                    # baseline counts a tap-on's maximum fare while the draft counts the corrected fare.
+                    # A tap-off's adjustments correct its tap-on's maximum fare, as in the draft below.
                     row = _row(rows, tap["operator_id"], tap["rider_category"] or "")
                     row.baseline_taps += 1
-                    row.baseline_revenue_fen += tap["fare_fen"]
-                    row.baseline_subsidy_fen += tap["full_fare_fen"] - tap["fare_fen"]
+                    baseline_fare = tap["fare_fen"] + tap["adjustment_fen"]
+                    baseline_full = tap["full_fare_fen"] + tap["full_fare_adjustment_fen"]
+                    row.baseline_revenue_fen += baseline_fare
+                    row.baseline_subsidy_fen += baseline_full - baseline_fare
                 if price.reason == 0:
                     state = new_state
                     row = _row(rows, tap["operator_id"], price.rider_category or "")

@@ -67,7 +67,8 @@ def traffic_checks(results: list[TapResult]) -> list[Check]:
 
 async def journal_checks(conn: asyncpg.Connection, results: list[TapResult], unknown_devices: list[str]) -> list[Check]:
     """Compare the journal with the responses the devices received: every acknowledged tap once, as returned."""
-    rows = await conn.fetch("SELECT tap_id, device_id, device_tap_id, decision, reason, fare_fen FROM taps")
+    rows = await conn.fetch("SELECT tap_id, device_id, device_tap_id, decision, reason, fare_fen, adjustment_fen "
+                            "FROM taps")
     journal = {(r["device_id"], r["device_tap_id"]): r for r in rows}
     copies = collections.Counter((r["device_id"], r["device_tap_id"]) for r in rows)
 
@@ -78,7 +79,8 @@ async def journal_checks(conn: asyncpg.Connection, results: list[TapResult], unk
         if row is None:
             missing.append(result)
         elif (row["tap_id"] != result.journal_id or row["reason"] != result.reason
-              or row["decision"] != (1 if result.decision == "accepted" else 0) or row["fare_fen"] != result.fare_fen):
+              or row["decision"] != (1 if result.decision == "accepted" else 0) or row["fare_fen"] != result.fare_fen
+              or row["adjustment_fen"] != result.adjustment_fen):
             different.append(result)
     twice = [key for key, count in copies.items() if count > 1]
     keys = {(r.tap.device.device_id, r.tap.device_tap_id) for r in acknowledged}

@@ -44,6 +44,8 @@ class TapResult:
     reason_name: str | None = None
     fare_fen: int = 0
     full_fare_fen: int = 0
+    # A county tap-off's correction (zero or negative) of its tap-on's maximum fare.
+    adjustment_fen: int = 0
     rider_category: str | None = None
     journal_id: int | None = None
     # Seconds from sending the request to reading its response (a batch's taps share one).
@@ -154,6 +156,7 @@ class Driver:
                 result.reason_name = answer["reason_name"]
                 result.fare_fen = answer["fare_fen"]
                 result.full_fare_fen = answer["full_fare_fen"]
+                result.adjustment_fen = answer.get("adjustment_fen", 0)
                 result.rider_category = answer["rider_category"]
                 result.journal_id = answer["journal_id"]
             self.results[tap.seq] = result

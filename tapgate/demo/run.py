@@ -118,7 +118,7 @@ def _run_with_database(options: DemoOptions, config: Config, day: dt.date, out: 
     all_checks = checks.traffic_checks(result.results)
     journal_found, discounts = asyncio.run(_journal_checks(dsn, result, county))
     all_checks += journal_found
-    accepted_fare = sum(r.fare_fen for r in result.results if r.decision == "accepted")
+    accepted_fare = sum(r.fare_fen + r.adjustment_fen for r in result.results if r.decision == "accepted")
     all_checks += checks.day_end_checks(day_end, accepted_fare)
     all_checks.append(checks.Check("网关有序停止", "the gateway stopped cleanly", status == 0,
                                    f"exit status {status}"))

@@ -118,8 +118,7 @@ def build_summary(world: World, plan: p.DayPlan, drive: DriveResult, day_end: Da
     for tap in plan.taps:
         hour = dt.datetime.fromtimestamp(tap.tap_time_ms / 1000, tz=dt.timezone(dt.timedelta(hours=8))).hour
         hours[tap.sector][hour] += 1
-    # NOTE: a county tap-off's refund (Price.adjustment_fen) is not stored in the journal, so the bus
-    # company's fares here include the maximum fare charged at each county tap-on.
+    # Operator fares are net of county tap-off adjustments (settlement's fare_fen + adjustment_fen).
     names = {op.operator_id: (op.name_zh, op.name_en) for op in world.model.operators}
     revenue = [{"operator_id": line.operator_id, "name_zh": names.get(line.operator_id, ("", ""))[0],
                 "name_en": names.get(line.operator_id, ("", ""))[1], "taps": line.taps, "fare_fen": line.fare_fen,

@@ -39,13 +39,14 @@ async def _journal(conn: asyncpg.Connection, book, holder: bytes, who, taps: lis
             """INSERT INTO taps (tap_id, business_day, batch_id, device_id, device_tap_id, tap_time, received_at,
                    operator_id, route_id, stop_id, site_id, tap_kind, medium, holder_token, decision, reason,
                    rider_category, product_id, fare_fen, full_fare_fen, discount_kinds, rule_set_version,
-                   request_digest)
+                   request_digest, adjustment_fen, full_fare_adjustment_fen)
                VALUES ($1, $2, 1, 'dev-1', $1, $3, $3, $4, $5, $6, $7, $8, 1, $9, $10, $11, $12, $13, $14, $15,
-                   $16, $17, $18)""",
+                   $16, $17, $18, $19, $20)""",
             tap_id, business_day(moment), moment, operator, request.route_id, request.stop_id, request.site_id,
             kinds[request.tap_kind], holder, 1 if price.reason == 0 else 0, price.reason, price.rider_category,
             price.product_id, price.fare_fen, price.full_fare_fen, list(price.discount_kinds),
-            price.rule_set_version, hashlib.sha256(str(tap_id).encode()).digest())
+            price.rule_set_version, hashlib.sha256(str(tap_id).encode()).digest(), price.adjustment_fen,
+            price.full_fare_adjustment_fen)
 
 
 async def test_cheaper_urban_fare_lowers_revenue_and_subsidy(dsn: str) -> None:
@@ -89,6 +90,32 @@ async def test_cheaper_urban_fare_lowers_revenue_and_subsidy(dsn: str) -> None:
     assert "8/8" in bar.getvalue()
     lines = list(format_report(report))
     assert lines[-1].startswith("* | * | 7/7 | 43.50 | 42.80 | -0.70")
+
+
+async def test_county_baseline_counts_tap_off_adjustment(dsn: str) -> None:
+    # Simulating the published rules themselves must change nothing: the baseline
+    # is the trip fare (4.00 from Nanma to Dongli), not the tap-on's maximum (6.00).
+    conn = await asyncpg.connect(dsn)
+    try:
+        start = local_ms(2026, 11, 30)
+        version = await store.create_draft(conn, TEXT, "toml", "alice")
+        await store.publish(conn, version, start, "alice", now_ms=start)
+        books = await store.load_books(conn)
+        on_ms = local_ms(2026, 12, 2, 8)
+        await _journal(conn, books.for_time(start), b"C" * 16, ADULT, [
+            PricingRequest(tap_time_ms=on_ms, tap_kind="on", route_id="K101", stop_id="NM01"),
+            PricingRequest(tap_time_ms=on_ms + 1_800_000, tap_kind="off", route_id="K101", stop_id="DL01"),
+        ])
+        draft = compile_rule_set(load_rule_set_document(TEXT), version=99)
+        report = await simulate(conn, draft, dt.date(2026, 12, 2), dt.date(2026, 12, 2), published=books,
+                                progress=False)
+    finally:
+        await conn.close()
+
+    [row] = report.rows
+    assert (row.operator_id, row.rider_category) == ("yiyuan-bus", "adult")
+    assert (row.baseline_revenue_fen, row.draft_revenue_fen) == (400, 400)
+    assert (row.baseline_subsidy_fen, row.draft_subsidy_fen) == (0, 0)
 
 
 async def test_empty_period_reports_nothing(dsn: str) -> None:
