@@ -8,6 +8,7 @@ response has the shape ``{"error": {"code", "message_zh", "message_en", "field"?
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import re
 import time
@@ -142,6 +143,53 @@ class AnomalyLog:
                   **fields)
 
 
+class _Deadline:
+    __slots__ = ("task", "due", "expired")
+
+    def __init__(self, task: asyncio.Task[Any] | None, due: float) -> None:
+        self.task = task
+        self.due = due
+        self.expired = False
+
+
+class DeadlineWatch:
+    """Cancel tasks that run longer than ``timeout_s``, checked every ``timeout_s / 20`` (at most 0.1 s).
+
+    Every deadline is ``timeout_s`` after its start, so deadlines come due in
+    the order they were set, and one periodic timer serves them all. A task
+    is cancelled at most one check interval after its deadline. The caller
+    clears ``task`` when it is done and, on cancellation, checks ``expired``
+    and calls ``task.uncancel()``, as ``asyncio.timeout`` does.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.interval_s = min(0.1, timeout_s / 20)
+        self._entries: collections.deque[_Deadline] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self) -> _Deadline:
+        """Start the deadline of the current task."""
+        loop = asyncio.get_running_loop()
+        entry = _Deadline(asyncio.current_task(), loop.time() + self.timeout_s)
+        self._entries.append(entry)
+        if self._timer is None:
+            self._timer = loop.call_at(entry.due + self.interval_s, self._check)
+        return entry
+
+    def _check(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        entries = self._entries
+        while entries and (entries[0].task is None or entries[0].due <= now):
+            entry = entries.popleft()
+            if entry.task is not None and not entry.task.done():
+                entry.expired = True
+                entry.task.cancel()
+        # Entries whose task has finished are dropped on a later check; none is older than timeout_s.
+        self._timer = loop.call_at(now + self.interval_s, self._check) if entries else None
+
+
 class GatewayApp:
     """The request handler of one worker; ``worker`` is the :class:`gateway.server.Worker` it serves."""
 
@@ -152,6 +200,7 @@ class GatewayApp:
         server = self.config.server
         self.buckets = TokenBuckets(server.device_rate_per_s, server.device_rate_burst)
         self.anomalies = AnomalyLog()
+        self.deadlines = DeadlineWatch(self.config.database.connect_timeout_s)
         self.routes: dict[str, dict[str, Route]] = {
             "/v1/taps": {"POST": self.post_tap},
             "/v1/taps/batch": {"POST": self.post_tap_batch},
@@ -302,11 +351,18 @@ class GatewayApp:
         return Response(200, encode_body(answer, content_type), content_type)
 
     async def _process(self, device: Any, tap: TapRequest, received_at_ms: int) -> TapOutcome:
-        timeout_s = self.config.database.connect_timeout_s
+        # The deadline watch cancels this task at the deadline, like asyncio.timeout, but without a
+        # timer handle per tap (one call_at and its cancellation cost more than the rest of this method).
+        entry = self.deadlines.watch()
         try:
-            # asyncio.timeout cancels this task at the deadline without wrapping the call in a second task.
-            async with asyncio.timeout(timeout_s):
+            try:
                 return await self.pipeline.process(device, tap, received_at_ms)
+            except asyncio.CancelledError as exc:
+                if entry.expired and entry.task.uncancel() == 0:
+                    raise TimeoutError(f"no journal answer within {self.deadlines.timeout_s:g} s") from exc
+                raise
+            finally:
+                entry.task = None
         except (DatabaseError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             # DatabaseError includes the journal's JournalUnavailable; OSError includes ConnectionError.
             self.worker.note_database_error(exc)
