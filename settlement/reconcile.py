@@ -5,6 +5,12 @@ account and operator. When a debit is settled, rejected or still pending,
 the part of it that is this day's fares at an operator counts as collected,
 returned or pending for that operator. Amounts a debit carried from earlier
 days are reported in the day totals, not per operator.
+
+Fares are net of county tap-off adjustments (``fare_fen + adjustment_fen``).
+NOTE: an account whose net at an operator is negative for the day (a
+tap-off settled after its tap-on's day) has no row in
+settlement_account_fares, so its credit shows in the operator's fare_fen
+but not in the rider-side columns.
 """
 
 from __future__ import annotations

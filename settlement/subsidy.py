@@ -4,8 +4,10 @@ A claim covers one calendar month. Per operator and rider category it lists
 the rides whose fare the rider category reduced (``category`` in the tap's
 discount_kinds). For those it gives the count of free and of discounted rides,
 their full-fare value, what riders paid, and the subsidy claimed
-(``full_fare_fen - fare_fen``). Reductions from transfers and fare caps are
-the operator's own and are not claimed.
+(``(full_fare_fen + full_fare_adjustment_fen) - (fare_fen + adjustment_fen)``,
+so a county tap-off's adjustments correct its tap-on's maximum fare).
+Reductions from transfers and fare caps are the operator's own and are not
+claimed.
 
 The figures come from closed business days only, so a ride uploaded late is
 claimed in the month of the day that settled it, never twice.
@@ -81,7 +83,7 @@ async def build_claim(conn: asyncpg.Connection, month: str) -> Claim:
         FROM settlement_category_totals t JOIN operators o USING (operator_id)
         WHERE t.business_day >= $1 AND t.business_day < $2
         GROUP BY t.operator_id, o.name_zh, o.name_en, t.rider_category
-        HAVING sum(t.free_taps) + sum(t.discounted_taps) > 0
+        HAVING sum(t.free_taps) + sum(t.discounted_taps) > 0 OR sum(t.subsidy_fen) <> 0
         ORDER BY t.operator_id, t.rider_category""", first, following)
     closed = await conn.fetchval(
         "SELECT count(*) FROM settlement_days WHERE business_day >= $1 AND business_day < $2", first, following)
