@@ -159,7 +159,7 @@ async def close_day(conn: asyncpg.Connection, day: dt.date, cutoff: dt.time, *,
 
 async def _aggregate(conn: asyncpg.Connection, day: ClosedDay) -> None:
     params = day_params(day)
-    # settlement_account_fares only holds positive amounts, so an account and
+    # settlement_account_fares accepts only positive amounts, so an account and
     # operator whose tap-off credits outweigh the day's fares has no row here.
     # The accrual posting reads every net, negative ones included, from the
     # journal (settlement.run).

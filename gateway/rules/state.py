@@ -57,8 +57,8 @@ class Price(msgspec.Struct, kw_only=True, gc=False):
     display_zh: str = ""
     display_en: str = ""
     rule_set_version: int | None = None
-    # TODO: the journal (taps) has no columns for the two adjustments yet, so a
-    # tap-off's credit is not recorded and settlement charges the tap-on's maximum fare.
+    # The journal stores both in taps (gateway migration 0026), and settlement
+    # charges fare_fen + adjustment_fen.
     adjustment_fen: int = 0
     full_fare_adjustment_fen: int = 0
     # The rider's previous tap-on had no tap-off, so its maximum fare remains charged.

@@ -42,7 +42,7 @@ async def test_tap_off_debits_trip_fare(conn, cipher, tmp_path):
     journal = Journal(conn)
     await journal.commit([{"account": token(1), "tap_time": at(DAY, 8), **TAP_ON},
                           {"account": token(2), "tap_time": at(DAY, 8), **TAP_ON}])
-    # Rider 1 taps off; rider 2 never does, so the maximum fare stands.
+    # Rider 1 taps off; rider 2 never does, so the maximum fare remains charged.
     await journal.commit([{"account": token(1), "tap_time": at(DAY, 8, 40), **TAP_OFF}])
     await _settle(conn, cipher, tmp_path, DAY)
 
