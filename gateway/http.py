@@ -160,6 +160,9 @@ class HttpProtocol(asyncio.Protocol):
         self._closing = False
         self._eof = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
+        self._deadline = 0.0
+        self._deadline_callback: Callable[[], None] | None = None
         # Set by a parser callback to stop feeding the parser and respond with an error.
         self._reject: tuple[int, str, str, str] | None = None
 
@@ -178,7 +181,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._stop_timer()
         for task, _ in self._pending:
             # The client is gone; let the task finish (its tap is journaled) but drop the response.
             task.remove_done_callback(self._on_response_ready)
@@ -325,17 +328,45 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- timers and draining ----------------------------------------------
 
+    # One lazy timer per connection: arming only records the deadline and its
+    # callback; the timer handle is replaced only when the new deadline is
+    # earlier than the one it fires at. When it fires early it re-arms for the
+    # recorded deadline. A keep-alive connection thus creates no timer handle
+    # per request (two call_later and two cancellations per request before).
+
     def _arm_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(delay_s, callback)
+        due = self._loop.time() + delay_s
+        self._deadline = due
+        self._deadline_callback = callback
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        self._timer_due = due
+        self._timer = self._loop.call_at(due, self._on_timer)
 
     def _cancel_timer(self) -> None:
+        self._deadline_callback = None
+
+    def _stop_timer(self) -> None:
+        self._deadline_callback = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _on_request_timeout(self) -> None:
+    def _on_timer(self) -> None:
         self._timer = None
+        callback = self._deadline_callback
+        if callback is None:
+            return
+        if self._loop.time() < self._deadline:
+            self._timer_due = self._deadline
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        self._deadline_callback = None
+        callback()
+
+    def _on_request_timeout(self) -> None:
         if self._closing or not self._in_request:
             return
         self._fail(408, "request_timeout",
@@ -343,7 +374,6 @@ class HttpProtocol(asyncio.Protocol):
                    f"请求未在 {self._limits.request_timeout_s:g} 秒内发送完毕")
 
     def _on_idle_timeout(self) -> None:
-        self._timer = None
         if not self._pending and not self._in_request:
             self._close_after_write()
 
