@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 
 from gateway import timeutil
 from settlement import days, ledger, run, subsidy
@@ -128,3 +129,63 @@ async def test_subsidy_uses_adjustments(conn, cipher, tmp_path):
     posted = await conn.fetchval("SELECT sum(amount_fen)::bigint FROM ledger_lines "
                                  "WHERE account = 'subsidy_receivable'")
     assert posted == 600
+
+
+async def test_random_tap_offs_settle_net_fares(conn, cipher, tmp_path):
+    # Per account, what was debited plus what is still receivable equals the
+    # net fares of its taps; per operator, credits plus fees plus what is
+    # still payable equal its net fares. Some tap-offs cross midnight.
+    seed_value = 20261205
+    rng = random.Random(seed_value)
+    await seed(conn, cipher, riders=range(1, 13))
+    journal = Journal(conn)
+    closing = [DAY + dt.timedelta(days=n) for n in range(4)]
+    carried_offs: list[dict] = []
+    crossed = 0
+    for index, day in enumerate(closing):
+        taps, later = list(carried_offs), []
+        for _ in range(rng.randint(5, 12)):
+            account = token(rng.randint(1, 12))
+            last_day = index == len(closing) - 1
+            on_time = at(day, rng.randrange(6, 22 if last_day else 24), rng.randrange(60))
+            taps.append({"account": account, "tap_time": on_time, "operator": rng.choice(["bus1", "museum"]),
+                         **TAP_ON})
+            if rng.random() < 0.25:
+                continue  # No tap-off: the maximum fare remains charged.
+            off_time = on_time + dt.timedelta(minutes=rng.randrange(10, 90))
+            credit = -rng.randrange(0, 500, 50)
+            off = {"account": account, "tap_time": off_time, "operator": taps[-1]["operator"], **TAP_OFF,
+                   "adjustment": credit, "full_fare_adjustment": credit}
+            if timeutil.business_day(off_time) > day:
+                later.append(off)
+                crossed += 1
+            else:
+                taps.append(off)
+        carried_offs = later
+        await journal.commit(taps)
+        await days.close_day(conn, day, CUTOFF, now=AFTER)
+        await run.run_day(conn, day, cipher, tmp_path)
+    assert not carried_offs, f"seed {seed_value}: a tap-off was left after the last day"
+
+    assert crossed > 0, f"seed {seed_value} produced no tap-off after midnight"
+
+    nets = await conn.fetch("SELECT account_token, sum(fare_fen + adjustment_fen)::bigint AS net FROM taps "
+                            "WHERE decision = 1 GROUP BY account_token")
+    for row in nets:
+        account = bytes(row["account_token"])
+        debited = await conn.fetchval("SELECT coalesce(sum(amount_fen), 0)::bigint FROM settlement_debits "
+                                      "WHERE account_token = $1 AND status = 'instructed'", account)
+        assert debited + await _receivable(conn, account) == row["net"], f"seed {seed_value}, {account.hex()}"
+
+    operators = await conn.fetch("SELECT operator_id, sum(fare_fen + adjustment_fen)::bigint AS net FROM taps "
+                                 "WHERE decision = 1 GROUP BY operator_id")
+    for row in operators:
+        paid, fees = await conn.fetchrow(
+            "SELECT coalesce(sum(c.amount_fen), 0)::bigint, "
+            "(SELECT -coalesce(sum(amount_fen), 0)::bigint FROM ledger_lines "
+            " WHERE account = 'fee_income' AND subject = $1) FROM settlement_credits c "
+            "WHERE c.operator_id = $1 AND c.status = 'instructed'", row["operator_id"])
+        payable = await conn.fetchval("SELECT -coalesce(sum(amount_fen), 0)::bigint FROM ledger_lines "
+                                      "WHERE account = 'operator_payable' AND subject = $1", row["operator_id"])
+        assert paid + fees + payable == row["net"], f"seed {seed_value}, {row['operator_id']}"
+    assert sum((await ledger.trial_balance(conn)).values()) == 0
