@@ -4,10 +4,16 @@ Starts an embedded PostgreSQL, seeds it like ``bench_gateway.py``, runs
 ``tapgate serve`` and a closed-loop load (loopback only, bounded by
 ``--duration``), and meanwhile records one worker with ``py-spy record``
 (``pip install py-spy``). Writes the collapsed stacks to ``--output`` and
-prints the functions with the most samples (self and inclusive), and the
-worker's CPU time per answered tap from ``/proc``.
+prints the functions with the most samples (self and inclusive). It also
+prints CPU seconds per completed tap of the workers, the PostgreSQL backends
+and the load generator (from ``/proc``), and PostgreSQL transactions per tap.
 
-    python benchmarks/profile_gateway.py --duration 20 --workers 2 --output /tmp/prof.txt
+When the machine is busy, py-spy counts a worker that waits for the CPU as
+running, mostly in the call that woke PostgreSQL or the client (a socket
+write). ``--pin`` puts the gateway on core 0 and PostgreSQL and the load
+generator on core 1, which removes most of that.
+
+    python benchmarks/profile_gateway.py --pin --duration 12 --workers 1 --connections 128
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def commits(dsn: str) -> int:
-    """Transactions committed in the database so far (pg_stat_database)."""
+    """Return the transactions committed in the database so far (pg_stat_database)."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
@@ -50,7 +56,7 @@ async def commits(dsn: str) -> int:
 
 
 def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of all cores from /proc/stat."""
+    """Return (busy, total) clock ticks of all cores from /proc/stat."""
     values = [int(v) for v in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
@@ -164,7 +170,7 @@ def main() -> int:
                 taps = max(1, result.completed)
                 for pid, seconds in cpu.items():
                     print(f"worker {pid}: {seconds:.2f} s CPU")
-                print(f"worker CPU per answered tap (all workers): {sum(cpu.values()) / taps * 1e6:.0f} µs")
+                print(f"worker CPU per completed tap (all workers): {sum(cpu.values()) / taps * 1e6:.0f} µs")
                 print(f"PostgreSQL backends: {pg_cpu:.2f} s CPU, {pg_cpu / taps * 1e6:.0f} µs per tap")
                 print(f"PostgreSQL transactions: {(commits_after - commits_before) / taps:.2f} per tap")
                 own = own_after.user + own_after.system - own_before.user - own_before.system

