@@ -131,6 +131,34 @@ def test_demo_journal_chain_verifies(demo_run) -> None:
     assert summary["chain"]["rows"] == rows
 
 
+def test_demo_county_tap_offs_reduce_fares(demo_run) -> None:
+    # Settled bus fares are net of tap-off adjustments: a tap-on's maximum fare
+    # is corrected by its tap-off, so the operator's fares equal the journal's net.
+    _completed, _out, data_dir, summary = demo_run
+    server = EmbeddedPostgres(data_dir)
+    server.start()
+    try:
+        adjusted, nets = asyncio.run(_county_figures(server.dsn))
+    finally:
+        server.stop()
+    assert adjusted > 0, "the demo journaled no tap-off with a negative adjustment"
+    settled = {row["operator_id"]: row["fare_fen"] for row in summary["revenue"]}
+    assert settled == {operator: net for operator, net in nets.items() if operator in settled}
+    assert {operator for operator, net in nets.items() if net} <= set(settled)
+    assert "yiyuan-bus" in settled
+
+
+async def _county_figures(dsn: str) -> tuple[int, dict[str, int]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        adjusted = await conn.fetchval("SELECT count(*) FROM taps WHERE tap_kind = 2 AND adjustment_fen < 0")
+        rows = await conn.fetch("SELECT operator_id, sum(fare_fen + adjustment_fen)::bigint AS net FROM taps "
+                                "WHERE decision = 1 GROUP BY operator_id")
+        return adjusted, {row["operator_id"]: row["net"] for row in rows}
+    finally:
+        await conn.close()
+
+
 async def _chain_and_rows(dsn: str):
     conn = await asyncpg.connect(dsn)
     try:
