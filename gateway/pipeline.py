@@ -137,7 +137,11 @@ class RiderStateLoader:
 
 
 class CardDuplicates:
-    """Last accepted tap time per (device, credential), for the card duplicate window.
+    """Last accepted tap time per (device, credential, tap kind), for the card duplicate window.
+
+    The tap kind is part of the key because on an area-fare route the rider
+    taps on and off at the same validator, and a short ride must not turn the
+    tap-off into a duplicate of the tap-on.
 
     NOTE: kept per worker. A device normally keeps one keep-alive connection,
     so its taps reach one worker; a device that spreads taps over several
@@ -147,14 +151,14 @@ class CardDuplicates:
     def __init__(self, window_s: int, entries_max: int = 200_000) -> None:
         self.window_ms = window_s * 1000
         self.entries_max = entries_max
-        self._last: collections.OrderedDict[tuple[str, bytes], int] = collections.OrderedDict()
+        self._last: collections.OrderedDict[tuple[str, bytes, str], int] = collections.OrderedDict()
 
-    def is_duplicate(self, device_id: str, credential_id: bytes, tap_time_ms: int) -> bool:
-        last = self._last.get((device_id, credential_id))
+    def is_duplicate(self, device_id: str, credential_id: bytes, tap_kind: str, tap_time_ms: int) -> bool:
+        last = self._last.get((device_id, credential_id, tap_kind))
         return last is not None and abs(tap_time_ms - last) < self.window_ms
 
-    def record(self, device_id: str, credential_id: bytes, tap_time_ms: int) -> None:
-        key = (device_id, credential_id)
+    def record(self, device_id: str, credential_id: bytes, tap_kind: str, tap_time_ms: int) -> None:
+        key = (device_id, credential_id, tap_kind)
         self._last[key] = tap_time_ms
         self._last.move_to_end(key)
         while len(self._last) > self.entries_max:
@@ -274,7 +278,7 @@ class TapPipeline:
             return decision
 
         if tap.medium == "card" and self.duplicates.is_duplicate(device.device_id, decision.credential_id,
-                                                                 tap.tap_time_ms):
+                                                                 tap.tap_kind, tap.tap_time_ms):
             decision.reason = Reason.DUPLICATE_TAP
         return decision
 
@@ -335,7 +339,7 @@ class TapPipeline:
         accepted = outcome.decision == 1
         if accepted and outcome.status == "new" and decision.reason == 0:
             if tap.medium == "card" and decision.credential_id is not None:
-                self.duplicates.record(device.device_id, decision.credential_id, tap.tap_time_ms)
+                self.duplicates.record(device.device_id, decision.credential_id, tap.tap_kind, tap.tap_time_ms)
             zh, en = decision.display_zh, decision.display_en
         elif accepted:
             zh, en = fare_display(outcome.rider_category, outcome.fare_fen)

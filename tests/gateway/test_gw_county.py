@@ -8,6 +8,7 @@ import datetime as dt
 import asyncpg
 
 from gateway import devices, timeutil
+from gateway.reasons import Reason
 from gateway.client import DeviceCredentials
 from gateway.journal import verify_chain
 from settlement import accounts, days, run
@@ -95,3 +96,27 @@ async def test_tap_off_journals_adjustment_and_settles_trip_fare(gateway_env: Ga
     debits = await _settle_today(env.dsn, tmp_path, [rider_account, lone_account])
     amounts = {bytes(d["account_token"]): (d["day_fen"], d["amount_fen"]) for d in debits}
     assert amounts == {rider_account: (TRIP_FARE_FEN, TRIP_FARE_FEN), lone_account: (MAX_FARE_FEN, MAX_FARE_FEN)}
+
+
+async def test_card_tap_off_soon_after_tap_on_accepted(gateway_env: GatewayEnv) -> None:
+    env = gateway_env
+    creds = await _county_validator(env)
+    card = env.card()
+    start = now_ms() - 5_000
+    on_tap = env.card_tap(card, COUNTY_VALIDATOR, tap_time_ms=start, route_id=COUNTY_ROUTE, stop_id="NM01",
+                          tap_kind="on")
+    off_tap = env.card_tap(card, COUNTY_VALIDATOR, tap_time_ms=start + 3_000, route_id=COUNTY_ROUTE,
+                           stop_id="DL01", tap_kind="off")
+    second_off = env.card_tap(card, COUNTY_VALIDATOR, tap_time_ms=start + 4_000, route_id=COUNTY_ROUTE,
+                              stop_id="DL01", tap_kind="off")
+    async with env.client(creds) as client:
+        on = (await client.tap(on_tap)).decode()
+        off = (await client.tap(off_tap)).decode()
+        again = (await client.tap(second_off)).decode()
+
+    assert on["decision"] == "accepted"
+    # Tap-on and tap-off on one validator within the duplicate window are two different taps.
+    assert off["decision"] == "accepted"
+    assert off["adjustment_fen"] == TRIP_FARE_FEN - MAX_FARE_FEN
+    # A second tap-off within the window is still a duplicate.
+    assert again["reason"] == Reason.DUPLICATE_TAP
