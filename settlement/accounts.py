@@ -18,7 +18,7 @@ import csv
 import dataclasses
 import io
 import re
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import asyncpg
 
@@ -49,6 +49,17 @@ def _problem(report: ImportReport, line: int, en: str, zh: str) -> None:
 
 def _read_rows(text: str, kind: str, report: ImportReport) -> Iterable[tuple[int, dict[str, str]]]:
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    try:
+        yield from _parse_rows(reader, kind, report)
+    except csv.Error as exc:
+        # A stray CR or NUL byte inside a line; the line is named, its content is not echoed.
+        raise InputFileError(
+            f"invalid CSV in the {kind} file at line {reader.line_num}: {exc}",
+            f"{kind} 文件第 {reader.line_num} 行不是有效的 CSV：{exc}",
+            "save the file as plain UTF-8 CSV with one record per line / 请将文件另存为每行一条记录的 UTF-8 CSV") from exc
+
+
+def _parse_rows(reader: Any, kind: str, report: ImportReport) -> Iterable[tuple[int, dict[str, str]]]:
     header = next(reader, None)
     expected = HEADERS[kind]
     if header is None or [h.strip() for h in header] != expected:

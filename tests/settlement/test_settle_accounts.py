@@ -74,6 +74,16 @@ async def test_wrong_header_rejected(conn, cipher):
         await accounts.import_accounts(conn, "token,bank,number\n", "riders", cipher)
 
 
+def test_stray_carriage_return_is_input_error(cipher):
+    from settlement.errors import InputFileError
+
+    account = "6222000011112222"
+    text = "account_token,bank_code,account_number\n" + "a" * 32 + ",ICBC,\"6222\"\r" + account + "\n"
+    with pytest.raises(InputFileError, match="invalid CSV in the riders file at line") as info:
+        accounts.parse_accounts(text, "riders", cipher, {"ICBC"})
+    assert account not in str(info.value)
+
+
 async def test_subsidy_claim_by_operator_and_category(conn, cipher, tmp_path):
     await seed(conn, cipher)
     journal = Journal(conn)
