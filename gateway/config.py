@@ -49,6 +49,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     device_clock_skew_s: int = 300
     # A card tapped again on the same device within this many seconds is a duplicate.
     card_duplicate_window_s: int = 30
+    # Seconds an online tap's tap_time_ms may differ from the time signed by the
+    # card or phone. Fares depend on the tap time (peak hours, day types), so a
+    # device cannot move an online tap to another hour. Offline uploads are
+    # checked by the fast path against their recorded time instead.
+    tap_time_tolerance_s: int = 120
     # Seconds between polls for deny-list, key and rule-set changes.
     refresh_interval_s: float = 1.0
     # Requests per second allowed per device (token bucket), and its burst size.
@@ -207,6 +212,8 @@ def _check_ranges(config: Config) -> None:
     _require(server.workers >= 0, "$.server.workers", server.workers, "0 (one per core) or more", "0（每核一个）或更大")
     _require(bool(server.tls_cert) == bool(server.tls_key), "$.server.tls_key", server.tls_key,
              "both tls_cert and tls_key, or neither", "tls_cert 与 tls_key 同时设置或同时留空")
+    _require(server.tap_time_tolerance_s >= 0, "$.server.tap_time_tolerance_s", server.tap_time_tolerance_s,
+             "0 seconds or more", "不小于 0 秒")
     _require(server.body_max_bytes >= 1024, "$.server.body_max_bytes", server.body_max_bytes,
              "at least 1024 bytes", "不小于 1024 字节")
     journal = config.journal

@@ -226,8 +226,10 @@ class TapPipeline:
     replaces, so every tap sees the newest ones.
     """
 
-    def __init__(self, components: Any, journal: Any, card_duplicate_window_s: int) -> None:
+    def __init__(self, components: Any, journal: Any, card_duplicate_window_s: int, *,
+                 tap_time_tolerance_s: int = 120) -> None:
         self.components = components
+        self.tap_time_tolerance_ms = tap_time_tolerance_s * 1000
         self.journal = journal
         self.duplicates = CardDuplicates(card_duplicate_window_s)
         self.holder_locks = HolderLocks()
@@ -271,6 +273,12 @@ class TapPipeline:
         decision.entitlements = result.entitlements
         if tap.medium == "qr":
             decision.replay_key = bytes(result.replay_key)
+
+        # The fast path checked the signed time against this server's clock; the
+        # tap time that prices the tap must agree with it.
+        if not tap.offline and abs(tap.tap_time_ms - result.presented_at_ms) > self.tap_time_tolerance_ms:
+            decision.reason = Reason.TAP_TIME_INVALID
+            return decision
 
         denied = components.deny.check(decision.credential_id, decision.account_token)
         if denied:

@@ -48,6 +48,7 @@ class Reason(enum.IntEnum):
     INTERNAL_ERROR = 80
     # The device reused one of its tap ids for a different tap (answered 409).
     TAP_ID_CONFLICT = 81
+    TAP_TIME_INVALID = 82
 
 
 # What the validator or gate shows for a rejection: (Chinese, English), short enough for a small screen.
@@ -79,6 +80,7 @@ DISPLAY: dict[Reason, tuple[str, str]] = {
     Reason.MEDIUM_NOT_ACCEPTED: ("此处不支持该乘车方式", "Card or code not accepted here"),
     Reason.INTERNAL_ERROR: ("系统繁忙，请重试", "System busy, try again"),
     Reason.TAP_ID_CONFLICT: ("记录编号冲突", "Tap id reused"),
+    Reason.TAP_TIME_INVALID: ("设备时间不准，请校准", "Device clock wrong, fix the time"),
 }
 
 

@@ -141,7 +141,8 @@ class Worker:
         await self.journal.start()
         self.nonces = NonceGuard(self.pool, self.config.server.device_clock_skew_s, database.connect_timeout_s)
         self.nonces.start()
-        self.pipeline = TapPipeline(self.components, self.journal, self.config.server.card_duplicate_window_s)
+        self.pipeline = TapPipeline(self.components, self.journal, self.config.server.card_duplicate_window_s,
+                                    tap_time_tolerance_s=self.config.server.tap_time_tolerance_s)
         self.pipeline.start()
         app = GatewayApp(self)
 

@@ -154,7 +154,10 @@ def _serve_and_drive(options: DemoOptions, config: Config, out: pathlib.Path, ds
                      day_plan: plan.DayPlan):
     """Run ``tapgate serve``, send the day to it, stop it; return the responses, its metrics and exit status."""
     # Plain HTTP on loopback and no rate limit: the demo's devices send a whole day in a minute.
+    # The devices stamp each online tap with its time in the simulated day while phones and cards sign
+    # the real time, so the tap-time tolerance is widened to the age check_day allows for --day.
     environ = {"TAPGATE_SERVER_DEVICE_RATE_PER_S": "100000", "TAPGATE_SERVER_DEVICE_RATE_BURST": "100000",
+               "TAPGATE_SERVER_TAP_TIME_TOLERANCE_S": str(config.fastpath.offline_upload_max_s),
                "TAPGATE_SERVER_TLS_CERT": "", "TAPGATE_SERVER_TLS_KEY": "", "TAPGATE_LOG_LEVEL": "WARNING"}
     gateway = services.GatewayProcess(dsn, options.workers, out / "gateway.log", options.config_file, environ)
     try:

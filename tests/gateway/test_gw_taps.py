@@ -449,3 +449,18 @@ async def test_altered_credential_fails_issuer_signature(gateway_env: GatewayEnv
     async with env.client() as client:
         answer = (await client.tap(tap)).decode()
     assert answer["reason"] == Reason.ISSUER_SIGNATURE_INVALID
+
+
+async def test_online_tap_time_must_match_signed_time(gateway_env: GatewayEnv) -> None:
+    # A fresh, validly signed code whose online tap claims another hour: a
+    # device must not move a tap to off-peak or to another day.
+    env = gateway_env
+    tap = env.qr_tap(env.phone())
+    tap["tap_time_ms"] = now_ms() - 3 * 3_600_000
+    async with env.client() as client:
+        answer = (await client.tap(tap)).decode()
+    assert answer["decision"] == "rejected"
+    assert answer["reason"] == Reason.TAP_TIME_INVALID
+    assert answer["fare_fen"] == 0
+    [row] = await env.journal_rows()
+    assert row["reason"] == Reason.TAP_TIME_INVALID
