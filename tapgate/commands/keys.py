@@ -345,6 +345,8 @@ def _read_holder(path: str) -> tuple[bytes, bytes, int]:
         return bytes.fromhex(document["credential"]), bytes.fromhex(document["holder_seed"]), int(document["counter"])
     except FileNotFoundError as exc:
         raise KeyCommandError(f"holder file {source} not found", f"找不到持卡人文件 {source}") from exc
+    except KeyCommandError:
+        raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise KeyCommandError(f"{source} is not a valid tapgate holder file: {exc}",
                               f"{source} 不是有效的 tapgate 持卡人文件：{exc}") from exc

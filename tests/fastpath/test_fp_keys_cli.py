@@ -194,7 +194,11 @@ class TestCredential:
         _key, holder = self.issue(tmp_path)
         os.chmod(holder, 0o644)
         assert main(["credential", "qr", str(holder)]) == 1
-        assert "chmod 600" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "chmod 600" in err
+        # The mode message is shown once, not wrapped as "not a valid holder file".
+        assert err.count("chmod 600") == 2
+        assert "not a valid tapgate holder file" not in err
 
     def test_bad_token_named(self, tmp_path: pathlib.Path, capsys) -> None:
         key = IssuerKey.generate(1)
