@@ -154,6 +154,10 @@ def _read_file(path: str) -> tuple[str, str]:
     except OSError as exc:
         raise UsageError(f"cannot read {file}: {exc.strerror}", f"无法读取 {file}：{exc.strerror}",
                          "check the path / 请检查路径") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{file} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})",
+                         f"{file} 不是 UTF-8 文本（第 {exc.start} 字节：{exc.object[exc.start:exc.start + 1]!r}）",
+                         "save the file as UTF-8 / 请将文件另存为 UTF-8 编码") from None
 
 
 def _print_problems(error: RuleSetError) -> None:

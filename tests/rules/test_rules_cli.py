@@ -44,6 +44,16 @@ def test_validate_unknown_extension(tmp_path: pathlib.Path) -> None:
     assert "cannot tell the format of 'rules.txt'" in result.stderr
 
 
+def test_validate_non_utf8_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "gbk.toml"
+    path.write_bytes("[rule_set]\nname_zh = \"沂源\"\n".encode("gbk"))
+    result = run_cli("validate", str(path))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "is not UTF-8 text" in result.stderr
+    assert "请将文件另存为 UTF-8 编码" in result.stderr
+
+
 def test_diff_files(tmp_path: pathlib.Path) -> None:
     old = _write(tmp_path, "old.toml", example_document_text())
     new = _write(tmp_path, "new.toml", example_document_text().replace("amount_fen = 1000", "amount_fen = 800"))
