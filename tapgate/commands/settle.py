@@ -178,7 +178,8 @@ async def _import_accounts(conn, args, config: Config) -> int:
     for line, message in report.problems:
         print(f"第 {line} 行 / line {line}: {message}", file=sys.stderr)
     if report.problems:
-        print(f"{len(report.problems)} 行有错误，已跳过 / {len(report.problems)} bad rows skipped", file=sys.stderr)
+        bad_rows = len({line for line, _message in report.problems})
+        print(f"{bad_rows} 行有错误，已跳过 / {bad_rows} bad rows skipped", file=sys.stderr)
         return 1
     return 0
 

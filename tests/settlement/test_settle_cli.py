@@ -26,11 +26,14 @@ def test_import_accounts_reports_bad_rows(dsn, tmp_path):
 
     riders = tmp_path / "issuer.csv"
     riders.write_text("account_token,bank_code,account_number\n"
-                      f"{token(1).hex()},ICBC,6222000000000001\n{token(2).hex()},ICBC,12\n", encoding="utf-8")
+                      f"{token(1).hex()},ICBC,6222000000000001\n{token(2).hex()},ICBC,12\n"
+                      "zz,ICBC,34\n", encoding="utf-8")
     done = _settle(dsn, tmp_path, "import-accounts", str(riders))
     assert done.returncode == 1
     assert "第 3 行 / line 3" in done.stderr
     assert "invalid account_number" in done.stderr
+    # Line 4 has two problems but is one skipped row.
+    assert "2 行有错误，已跳过 / 2 bad rows skipped" in done.stderr
 
 
 def test_close_day_status_and_empty_run(dsn, tmp_path):
