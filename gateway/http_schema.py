@@ -10,9 +10,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-# Device tap ids and times are signed 64-bit in the journal.
+# Device tap ids are signed 64-bit in the journal.
 _Int64 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Journal times are PostgreSQL timestamps: Unix milliseconds up to the end of year 9999.
+_TimeMs = Annotated[int, msgspec.Meta(ge=0, le=253_402_300_799_999)]
+# PostgreSQL text cannot hold NUL, so an id with one is refused here rather than failing the journal write.
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern="^[^\\x00]+$")]
 
 TAP_KINDS = {"board": 0, "on": 1, "off": 2, "entry": 3}
 MEDIA = {"card": 1, "qr": 2}
@@ -22,7 +25,7 @@ class TapRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # The device's own id for the tap, unique per device; a retry reuses it.
     tap_id: _Int64
     # When the tap happened, Unix milliseconds (the device's clock).
-    tap_time_ms: _Int64
+    tap_time_ms: _TimeMs
     medium: Literal["card", "qr"]
     # QR: the scanned text. Card: the card's raw response, standard base64.
     presented: Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]

@@ -270,6 +270,20 @@ async def test_batch_over_limit_gets_422(gateway_env: GatewayEnv) -> None:
     assert await env.journal_rows() == []
 
 
+async def test_values_the_journal_cannot_store_get_422(gateway_env: GatewayEnv) -> None:
+    # A time past year 9999 or a NUL in an id used to reach the journal writer and answer 500.
+    env = gateway_env
+    tap = env.qr_tap(env.phone())
+    async with env.client() as client:
+        far = await client.tap(dict(tap, tap_time_ms=2**62))
+        nul = await client.tap(dict(tap, tap_id=tap["tap_id"] + 1, stop_id="a\x00b"))
+    assert far.status == 422
+    assert far.decode()["error"]["field"] == "$.tap_time_ms"
+    assert nul.status == 422
+    assert nul.decode()["error"]["field"] == "$.stop_id"
+    assert await env.journal_rows() == []
+
+
 async def test_deny_list_delta(gateway_env: GatewayEnv) -> None:
     from gateway.denylist import add_entry, remove_entry
 
