@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import ssl
 
 import msgspec
 
 from gateway import workers
 from gateway.config import Config
+from gateway.errors import ConfigError
 from tapgate import runtime
 
 
@@ -47,8 +49,27 @@ def apply_overrides(args: argparse.Namespace, config: Config) -> Config:
     return updated
 
 
+def check_tls_files(config: Config) -> None:
+    """Load the certificate and key once here, so a bad path is reported before PostgreSQL and workers start."""
+    server = config.server
+    if not server.tls_cert:
+        return
+    from gateway.server import tls_context
+
+    try:
+        tls_context(server.tls_cert, server.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(
+            f"cannot load the TLS certificate {server.tls_cert!r} and key {server.tls_key!r}: {reason}",
+            f"无法加载 TLS 证书 {server.tls_cert!r} 与私钥 {server.tls_key!r}：{reason}",
+            "check --tls-cert and --tls-key (server.tls_cert, server.tls_key): both are PEM files "
+            "/ 请检查 --tls-cert 与 --tls-key（server.tls_cert、server.tls_key），两者均应为 PEM 文件") from None
+
+
 def run_serve(args: argparse.Namespace, config: Config) -> int:
     config = apply_overrides(args, config)
+    check_tls_files(config)
     # NOTE: server.shutdown_timeout_s bounds the workers' drain; stopping an
     # embedded PostgreSQL afterwards takes its own few seconds.
     with runtime.database(config) as dsn:

@@ -23,6 +23,17 @@ def test_serve_help_names_options_and_units() -> None:
         assert option in result.stdout
 
 
+def test_serve_missing_tls_file_named_before_start(tmp_path) -> None:
+    # The DSN points at a closed port: the TLS files must be checked before any connection is tried.
+    missing = str(tmp_path / "missing.pem")
+    result = run_cli("serve", "--tls-cert", missing, "--tls-key", missing, "--port", "0",
+                     "--dsn", "postgresql://127.0.0.1:1/none", timeout=60)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"cannot load the TLS certificate '{missing}'" in result.stderr
+    assert "无法加载 TLS 证书" in result.stderr
+
+
 async def test_device_lifecycle_prints_secret_once(dsn: str) -> None:
     added = run_cli("operators", "add", "yiyuan-bus", "--kind", "bus", "--name-zh", "沂源公交",
                     "--name-en", "Yiyuan Bus", "--dsn", dsn)
