@@ -168,10 +168,11 @@ def read_return_file(data: bytes, file_name: str) -> tuple[str, list[ReturnItem]
     # that the schema check let through) mean a bad file, like every other problem.
     try:
         if data.lstrip().startswith(b"<"):
-            with tempfile.NamedTemporaryFile(suffix=".xml") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                return "camt.054", parse_camt054(pathlib.Path(tmp.name))
+            # The copy keeps the bank's file name, so a schema error names the file the operator gave.
+            with tempfile.TemporaryDirectory() as folder:
+                copy = pathlib.Path(folder) / (pathlib.Path(file_name).name or "returns.xml")
+                copy.write_bytes(data)
+                return "camt.054", parse_camt054(copy)
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:

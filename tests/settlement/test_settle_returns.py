@@ -127,8 +127,10 @@ async def test_return_with_wrong_amount_rejected_whole(conn, cipher, tmp_path):
 
 async def test_invalid_camt_rejected_by_schema(conn):
     bad = _camt([]).replace(b"<MsgId>BANK-1</MsgId>", b"")
-    with pytest.raises(Exception, match="camt.054.001.08"):
+    with pytest.raises(Exception, match="camt.054.001.08") as caught:
         await returns.import_returns(conn, bad, "broken.xml")
+    # The error names the operator's file, not the temporary copy that was validated.
+    assert "broken.xml is not a valid camt.054.001.08 message" in str(caught.value)
 
 
 async def test_returns_csv_bad_rows_listed(conn):
