@@ -29,7 +29,6 @@ import urllib.request
 
 import msgspec
 
-import loadtests
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import log_event
 from loadtests import check, fixture, report
@@ -37,7 +36,9 @@ from loadtests import scenario as sc
 
 log = logging.getLogger(__name__)
 
-LOCUSTFILE = pathlib.Path(loadtests.__file__).parent / "locustfile.py"
+# From this module's own path: under an editable install made before loadtests/__init__.py existed,
+# ``loadtests`` imports as a namespace package whose __file__ is None.
+LOCUSTFILE = pathlib.Path(__file__).resolve().parent / "locustfile.py"
 USER_CLASSES = {"bus": "BusValidator", "scenic": "ScenicGate", "venue": "VenueGate"}
 # Seconds given to Locust beyond the shape's duration to start, stop its users and write reports.
 LOCUST_GRACE_S = 60.0

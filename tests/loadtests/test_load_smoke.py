@@ -113,6 +113,21 @@ def test_remote_target_rejected_without_flag(tmp_path: pathlib.Path) -> None:
     assert not (tmp_path / "pg").exists()
 
 
+def test_installed_script_runs_outside_the_repository(tmp_path: pathlib.Path) -> None:
+    # The console script, run from another directory, imports loadtests through the installed package
+    # (not the repository on sys.path); the runner must still find its locustfile.
+    script = pathlib.Path(sys.executable).parent / "tapgate"
+    if not script.exists():
+        pytest.skip("no tapgate console script next to this interpreter")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TAPGATE_") and k != "PYTHONPATH"}
+    result = subprocess.run([str(script), "loadtest", "--duration", "-5", "--out", str(tmp_path / "out"),
+                             "--data-dir", str(tmp_path / "pg")], capture_output=True, text=True, timeout=60,
+                            env=environ, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "--duration -5.0 is invalid" in result.stderr
+
+
 def test_prepare_only_writes_run_files(dsn: str, tmp_path: pathlib.Path) -> None:
     out = tmp_path / "run1"
     result = run_cli("loadtest", "--dsn", dsn, "--processes", "3", "--users", "30", "--out", str(out),
