@@ -96,3 +96,15 @@ def test_common_option_before_subcommand_kept(tmp_path: pathlib.Path) -> None:
     assert before.returncode == 1
     assert "$.server.workers = -1" in before.stderr
     assert after.returncode == 1
+
+
+def test_settle_takes_common_options_first() -> None:
+    result = run_cli("settle", "--dsn", "postgresql://postgres@127.0.0.1:1/none", "status", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "cannot connect to PostgreSQL at postgresql://postgres@127.0.0.1:1/none" in result.stderr
+
+
+def test_loadtest_error_rate_above_one_rejected() -> None:
+    result = run_cli("loadtest", "--max-error-rate", "2", "--prepare-only")
+    assert result.returncode == 2
+    assert "invalid ratio '2': expected a number from 0 to 1" in result.stderr

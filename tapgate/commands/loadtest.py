@@ -18,6 +18,18 @@ from gateway.errors import ConfigError
 from tapgate import runtime
 
 
+
+def _ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"invalid ratio {text!r}: expected a number from 0 to 1, e.g. 0.001 for 0.1 % "
+            f"/ 比例 {text!r} 无效，应为 0 到 1 之间的数，例如 0.001 表示 0.1%")
+    return value
+
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "loadtest", parents=[common],
@@ -73,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="highest p95 latency in milliseconds (default 50) / p95 延迟上限（毫秒）")
     limits.add_argument("--p99-ms", type=float, default=200.0, metavar="MS",
                         help="highest p99 latency in milliseconds (default 200) / p99 延迟上限（毫秒）")
-    limits.add_argument("--max-error-rate", type=float, default=0.001, metavar="RATIO",
+    limits.add_argument("--max-error-rate", type=_ratio, default=0.001, metavar="RATIO",
                         help="highest share of failed requests, 0.001 = 0.1%% (default 0.001) / 最高错误率")
 
     output = parser.add_argument_group("gateway and output / 网关与输出")

@@ -28,7 +28,7 @@ def _day(text: str) -> dt.date:
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     settle = subparsers.add_parser(
-        "settle",
+        "settle", parents=[common],
         help="daily settlement: close days, bank files, returns, subsidy claims / 日结与清算：关账、银行文件、回盘、补贴申领",
         description="Settle the journal's fares to bank accounts. / 将交易流水中的票款清算到银行账户。")
     commands = settle.add_subparsers(dest="settle_command", metavar="SUBCOMMAND", title="subcommands / 子命令")
