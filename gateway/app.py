@@ -265,7 +265,13 @@ class GatewayApp:
         """Raise 403 unless the tap is for the device's own route or site; 422 for a wrong tap kind."""
         where = f"$.taps[{index}]" if index is not None else "$"
         if device.kind == "validator":
-            if tap.site_id is not None or (tap.route_id is not None and tap.route_id != device.route_id):
+            if tap.site_id is not None:
+                raise HttpError(403, "wrong_site",
+                                f"device {device.device_id!r} is a validator on route {device.route_id!r} and "
+                                "submits no site_id; leave site_id empty",
+                                f"设备 {device.device_id!r} 是线路 {device.route_id!r} 的车载验票机，不能提交 site_id，"
+                                "请将 site_id 留空", field=f"{where}.site_id")
+            if tap.route_id is not None and tap.route_id != device.route_id:
                 raise HttpError(403, "wrong_route",
                                 f"device {device.device_id!r} may submit taps only for route {device.route_id!r}",
                                 f"设备 {device.device_id!r} 只能提交线路 {device.route_id!r} 的交易",
@@ -274,7 +280,13 @@ class GatewayApp:
                 raise HttpError(422, "invalid_field", "a validator's tap_kind is board, on or off",
                                 "车载验票机的 tap_kind 应为 board、on 或 off", field=f"{where}.tap_kind")
         else:
-            if tap.route_id is not None or (tap.site_id is not None and tap.site_id != device.site_id):
+            if tap.route_id is not None:
+                raise HttpError(403, "wrong_route",
+                                f"device {device.device_id!r} is a gate at site {device.site_id!r} and submits "
+                                "no route_id; leave route_id empty",
+                                f"设备 {device.device_id!r} 是场所 {device.site_id!r} 的闸机，不能提交 route_id，"
+                                "请将 route_id 留空", field=f"{where}.route_id")
+            if tap.site_id is not None and tap.site_id != device.site_id:
                 raise HttpError(403, "wrong_site",
                                 f"device {device.device_id!r} may submit taps only for site {device.site_id!r}",
                                 f"设备 {device.device_id!r} 只能提交场所 {device.site_id!r} 的交易",

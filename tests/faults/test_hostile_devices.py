@@ -191,13 +191,15 @@ async def test_validator_tap_for_other_route_rejected(hostile_env: gw.GatewayEnv
 async def test_validator_tap_for_other_operators_site_rejected(hostile_env: gw.GatewayEnv) -> None:
     env = hostile_env
     body = tap_body(env, route_id=None, site_id=gw.SITE, tap_kind="entry")
-    await assert_rejected(env, signed(env.validator, body), 403, "wrong_route")
+    # A validator submits no site at all, so the error names site_id.
+    await assert_rejected(env, signed(env.validator, body), 403, "wrong_site")
 
 
 async def test_gate_tap_for_bus_route_rejected(hostile_env: gw.GatewayEnv) -> None:
     env = hostile_env
     body = tap_body(env, route_id=gw.ROUTE)
-    await assert_rejected(env, signed(env.gate, body), 403, "wrong_site")
+    # A gate submits no route at all, so the error names route_id.
+    await assert_rejected(env, signed(env.gate, body), 403, "wrong_route")
 
 
 async def test_batch_with_one_foreign_tap_journals_nothing(hostile_env: gw.GatewayEnv) -> None:
