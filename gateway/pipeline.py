@@ -83,59 +83,6 @@ class _HolderLease:
         self._owner._release(self._holder, self._lock)
 
 
-class RiderStateLoader:
-    """Load rider states for many concurrent taps in one query, at most one query in flight.
-
-    Holders requested while a query runs wait and go together in the next
-    one, so under load each tap costs a fraction of a round trip.
-    """
-
-    def __init__(self, journal: Any) -> None:
-        self._journal = journal
-        self._pending: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    def load(self, holder: bytes) -> asyncio.Future[bytes | None]:
-        """Return a future of the holder's encoded state (None for a new rider)."""
-        future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(holder, []).append(future)
-        self._wakeup.set()
-        return future
-
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._pending = self._pending, {}
-            if not batch:
-                continue
-            try:
-                states = await self._journal.load_rider_states(list(batch))
-            except Exception as exc:  # handed to every waiting tap, whose request then gets 503
-                for futures in batch.values():
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(exc)
-                continue
-            for holder, futures in batch.items():
-                for future in futures:
-                    if not future.done():
-                        future.set_result(states.get(holder))
-
-
 class CardDuplicates:
     """Last accepted tap time per (device, credential, tap kind), for the card duplicate window.
 
@@ -233,13 +180,6 @@ class TapPipeline:
         self.journal = journal
         self.duplicates = CardDuplicates(card_duplicate_window_s)
         self.holder_locks = HolderLocks()
-        self.states = RiderStateLoader(journal)
-
-    def start(self) -> None:
-        self.states.start()
-
-    async def close(self) -> None:
-        await self.states.close()
 
     async def process(self, device: Device, tap: TapRequest, received_at_ms: int) -> TapOutcome:
         """Decide one tap, journal it and return the answer; raises only on journal faults."""
@@ -296,7 +236,7 @@ class TapPipeline:
             decision.reason = Reason.NO_RULE_SET
             return
         holder = decision.holder_token or b""
-        encoded = await self.states.load(holder)
+        encoded = await self.journal.load_rider_state(holder)
         state = RiderState.decode(encoded) if encoded else None
         price, new_state = book.price(PricingRequest(
             tap_time_ms=tap.tap_time_ms, operator_id=device.operator_id, route_id=tap.route_id,

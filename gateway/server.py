@@ -143,7 +143,6 @@ class Worker:
         self.nonces.start()
         self.pipeline = TapPipeline(self.components, self.journal, self.config.server.card_duplicate_window_s,
                                     tap_time_tolerance_s=self.config.server.tap_time_tolerance_s)
-        self.pipeline.start()
         app = GatewayApp(self)
 
         server_config = self.config.server
@@ -293,8 +292,6 @@ class Worker:
 
         if self.nonces is not None:
             await self.nonces.close()
-        if self.pipeline is not None:
-            await self.pipeline.close()
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), max(0.1, deadline - time.monotonic()))
