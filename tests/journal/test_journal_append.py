@@ -199,3 +199,39 @@ async def test_business_day_changes_at_cutoff(pool: asyncpg.Pool):
         days = [(await journal.append(make_entry(tap_time_ms=ms))).business_day
                 for ms in (cutoff_ms - 1, cutoff_ms, cutoff_ms - 1, cutoff_ms + 86_400_000)]
     assert days == [dt.date(2026, 12, 4), dt.date(2026, 12, 5), dt.date(2026, 12, 4), dt.date(2026, 12, 6)]
+
+
+async def _sequential_scans(conn: asyncpg.Connection) -> dict[str, int]:
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    rows = await conn.fetch("SELECT relname, seq_scan FROM pg_stat_user_tables "
+                            "WHERE relname IN ('tap_keys', 'replay_keys')")
+    return {row["relname"]: row["seq_scan"] for row in rows}
+
+
+async def test_commit_reads_keys_by_index(dsn: str):
+    # With no statistics on a table that has grown, the planner may hash the
+    # whole key table for a batch instead of probing its index, and every
+    # commit then reads every key ever written. Claims must use the index.
+    # One connection runs the commits and reads the statistics, so that
+    # pg_stat_force_next_flush() covers every scan.
+    async with asyncpg.create_pool(dsn, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            for table in ("tap_keys", "replay_keys"):
+                await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        async with Journal(pool, worker="scan", flush_interval_ms=50.0, batch_max=100,
+                           maintain_partitions=False) as journal:
+            for _ in range(10):
+                await asyncio.gather(*(journal.append(make_entry(medium=2, replay_key=os.urandom(32)))
+                                       for _ in range(100)))
+            async with pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM tap_keys") == 1000
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+                before = await _sequential_scans(conn)
+            batch = [make_entry(medium=2, replay_key=os.urandom(32)) for _ in range(99)]
+            batch.append(make_entry(device_tap_id=batch[0].device_tap_id, request_digest=batch[0].request_digest))
+            outcomes = await asyncio.gather(*(journal.append(entry) for entry in batch))
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            after = await _sequential_scans(conn)
+    assert [outcome.status for outcome in outcomes].count("retry") == 1
+    assert after == before
