@@ -142,7 +142,13 @@ def running(command: list[str], env: dict[str, str], ready_port: int, timeout_s:
                 raise RuntimeError(f"{command} did not listen on port {ready_port} within {timeout_s:.0f} s")
             time.sleep(0.2)
         time.sleep(1.0)  # let every worker finish starting
-        yield
+        try:
+            yield
+        except BaseException:
+            # Show why the server stopped answering, not only that it did.
+            log.seek(0)
+            print(f"output of {command[2]}:\n{log.read()[-4000:].decode(errors='replace')}", file=sys.stderr)
+            raise
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -225,7 +225,8 @@ async def _pace(rate: float, started: float, stop_at: float, due: collections.de
         now = time.perf_counter()
         if now >= stop_at:
             return
-        target = int((now - started) / interval)
+        # Request i is due at started + i * interval: the first one at once.
+        target = int((now - started) / interval) + 1
         while issued < target:
             due_at = started + issued * interval
             issued += 1
