@@ -235,3 +235,22 @@ async def test_commit_reads_keys_by_index(dsn: str):
             after = await _sequential_scans(conn)
     assert [outcome.status for outcome in outcomes].count("retry") == 1
     assert after == before
+
+
+async def test_idle_writer_commits_without_waiting(pool: asyncpg.Pool):
+    # A flush interval of 10 s would time the test out if a tap reaching an
+    # idle writer waited for the interval.
+    async with Journal(pool, worker="idle", flush_interval_ms=10_000.0, batch_max=64) as journal:
+        outcome = await asyncio.wait_for(journal.append(make_entry()), 5)
+    assert outcome.status == "new"
+
+
+async def test_busy_writer_waits_to_group(pool: asyncpg.Pool):
+    # Right after a commit, the next entries wait for the interval and go together.
+    async with Journal(pool, worker="busy", flush_interval_ms=300.0, batch_max=64) as journal:
+        await journal.append(make_entry())
+        first = journal.append(make_entry())
+        await asyncio.sleep(0.05)
+        second = journal.append(make_entry())
+        outcomes = await asyncio.gather(first, second)
+    assert outcomes[0].batch_id == outcomes[1].batch_id
