@@ -31,6 +31,7 @@ import datetime as dt
 import json
 import os
 import pathlib
+import shlex
 import signal
 import socket
 import statistics
@@ -147,7 +148,7 @@ def running(command: list[str], env: dict[str, str], ready_port: int, timeout_s:
         except BaseException:
             # Show why the server stopped answering, not only that it did.
             log.seek(0)
-            print(f"output of {command[2]}:\n{log.read()[-4000:].decode(errors='replace')}", file=sys.stderr)
+            print(f"output of {shlex.join(command)}:\n{log.read()[-4000:].decode(errors='replace')}", file=sys.stderr)
             raise
     finally:
         process.send_signal(signal.SIGTERM)
