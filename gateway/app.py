@@ -14,10 +14,10 @@ import re
 import time
 from typing import Any, Awaitable, Callable
 
-import asyncpg
 import msgspec
 
 from gateway import auth, denylist, http_metrics
+from gateway.db import CONNECTION_ERRORS
 from gateway.errors import DatabaseError
 from gateway.http import Request, Response
 from gateway.http_schema import (DenyEntry, DenyListResponse, ErrorBody, ErrorDetail, TapResponse, TapBatchResponse,
@@ -375,7 +375,7 @@ class GatewayApp:
                 raise
             finally:
                 entry.task = None
-        except (DatabaseError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (DatabaseError, *CONNECTION_ERRORS) as exc:
             # DatabaseError includes the journal's JournalUnavailable; OSError includes ConnectionError.
             self.worker.note_database_error(exc)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -389,7 +389,7 @@ class GatewayApp:
         try:
             async with self.worker.pool.acquire(timeout=self.config.database.connect_timeout_s) as conn:
                 changes = await denylist.delta(conn, since)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except CONNECTION_ERRORS as exc:
             self.worker.note_database_error(exc)
             raise _unavailable(f"{type(exc).__name__}: {exc}") from exc
         entries = [DenyEntry(kind=e.kind, subject=e.subject.hex(), active=e.active, version=e.version)

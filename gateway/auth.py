@@ -20,6 +20,7 @@ import time
 import asyncpg
 
 from gateway.client import SCHEME, signature
+from gateway.db import CONNECTION_ERRORS
 from gateway.devices import Device, DeviceRegistry
 from gateway.logs import log_event
 
@@ -146,7 +147,12 @@ class NonceGuard:
             self._wakeup.clear()
             batch, self._pending = self._pending, []
             if batch:
-                await self._flush(batch)
+                try:
+                    await self._flush(batch)
+                except Exception as exc:
+                    # A bug here must not end this task: every later claim of the worker would wait forever.
+                    log.exception("nonce.flush_error count=%d", len(batch))
+                    self._fail_batch(batch, exc)
             self._prune_seen()
 
     async def _flush(self, batch: list[tuple[bytes, str, int, asyncio.Future[bool]]]) -> None:
@@ -158,16 +164,20 @@ class NonceGuard:
                     "AS u(n, d, t) ON CONFLICT (nonce) DO NOTHING RETURNING nonce",
                     [b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch],
                     timeout=self._timeout_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except CONNECTION_ERRORS as exc:
             log_event(log, logging.WARNING, "nonce.claim_failed", count=len(batch), error=exc)
-            for nonce, _, _, future in batch:
-                self._seen.pop(nonce, None)
-                _fail(future, ConnectionError(f"nonce check failed: {exc}"))
+            self._fail_batch(batch, exc)
             return
         fresh = {row[0] for row in rows}
         for nonce, _, _, future in batch:
             if not future.done():
                 future.set_result(nonce in fresh)
+
+    def _fail_batch(self, batch: list[tuple[bytes, str, int, asyncio.Future[bool]]], exc: Exception) -> None:
+        # The nonces were not recorded, so the device's retry with the same nonce must not count as a replay.
+        for nonce, _, _, future in batch:
+            self._seen.pop(nonce, None)
+            _fail(future, ConnectionError(f"nonce check failed: {type(exc).__name__}: {exc}"))
 
     def _prune_seen(self) -> None:
         now = time.monotonic()

@@ -33,6 +33,13 @@ _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 DSN_ENV = "TAPGATE_DATABASE_DSN"
 
+# Failures of the connection or the server, as opposed to bugs. asyncpg raises
+# InternalClientError too when a connection breaks in the middle of an
+# operation ("cannot switch to state 12; another operation is in progress"),
+# which was seen while PostgreSQL restarted under load.
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+                     TimeoutError)
+
 
 @dataclasses.dataclass(frozen=True)
 class Migration:

@@ -214,7 +214,7 @@ class Worker:
                     if self._maintenance and time.monotonic() - self._last_nonce_prune > NONCE_PRUNE_INTERVAL_S:
                         await delete_old_nonces(conn, self.config.server.device_clock_skew_s)
                         self._last_nonce_prune = time.monotonic()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except db.CONNECTION_ERRORS as exc:
                 failures += 1
                 # One line per outage, then one every 60 failures, so an outage does not flood the log.
                 if failures == 1 or failures % 60 == 0:
@@ -245,7 +245,7 @@ class Worker:
             assert self.pool is not None
             async with self.pool.acquire(timeout=READY_PROBE_TIMEOUT_S) as conn:
                 await conn.fetchval("SELECT 1", timeout=READY_PROBE_TIMEOUT_S)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except db.CONNECTION_ERRORS as exc:
             return (f"PostgreSQL is unreachable: {type(exc).__name__}: {exc}",
                     f"无法连接 PostgreSQL：{type(exc).__name__}")
         stale_s = time.monotonic() - self._last_refresh_ok

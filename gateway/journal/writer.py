@@ -27,6 +27,7 @@ import asyncpg
 import msgspec
 
 from gateway import metrics
+from gateway.db import CONNECTION_ERRORS
 from gateway.errors import DatabaseError, GatewayError
 from gateway.journal.partitions import PARTITION_REFRESH_S, ensure_partitions
 from gateway.logs import log_event
@@ -42,10 +43,6 @@ _STATUS_MISSING_ROW = 3
 # failing to encode a value), as opposed to a failed connection or server.
 _ENTRY_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.exceptions._base.DataError)
 
-# Failures of the connection or the server. asyncpg raises InternalClientError
-# too when a connection breaks mid-operation (seen during server restarts).
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
-                    TimeoutError)
 
 _COMMIT_SQL = "SELECT * FROM tapgate_journal_commit($1, $2::tapgate_journal_entry[])"
 
@@ -331,7 +328,7 @@ class Journal:
             async with self._pool.acquire() as conn:
                 rows = await conn.fetch(
                     "SELECT holder_token, state FROM rider_states WHERE holder_token = ANY($1::bytea[])", tokens)
-        except _DATABASE_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise JournalUnavailable(f"cannot load rider states: {exc}", f"无法读取乘客状态：{exc}") from exc
         return {bytes(row[0]): bytes(row[1]) for row in rows}
 
@@ -437,7 +434,7 @@ class Journal:
                 return
             self._fail(batch, exc, bad_entry=True)
             return
-        except _DATABASE_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             self._fail(batch, exc)
             await self._back_off()
             return
@@ -514,7 +511,7 @@ class Journal:
             try:
                 async with self._pool.acquire() as conn:
                     await ensure_partitions(conn, self.day_cutoff)
-            except _DATABASE_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 # Taps without a partition land in taps_default, so this is not fatal; try again next hour.
                 log_event(log, logging.WARNING, "journal.partitions_failed", worker=self.worker, error=exc)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import msgspec
+import pytest
 
 from gateway import devices
 from gateway.client import DeviceCredentials, sign_headers
@@ -115,6 +117,42 @@ async def test_replay_caught_by_postgresql_not_memory(gateway_env: GatewayEnv) -
     status, _, answer = await raw_exchange(env, request)
     assert status == 401
     assert error_of(answer)["code"] == "replayed_request"
+
+
+class _FailingOnce:
+    """A real pool whose next acquire() raises ``error`` once, as a connection broken mid-operation does."""
+
+    def __init__(self, pool: object, error: Exception) -> None:
+        self._pool = pool
+        self._error: Exception | None = error
+
+    def acquire(self, **options: object) -> object:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return self._pool.acquire(**options)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("error", [
+    asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+    RuntimeError("a bug in the nonce statement"),
+], ids=["client_error", "bug"])
+async def test_nonce_check_survives_failure(gateway_env: GatewayEnv, error: Exception) -> None:
+    env = gateway_env
+    guard = env.worker.nonces
+    assert guard is not None
+    guard._pool = _FailingOnce(guard._pool, error)  # type: ignore[assignment]
+    request = signed_request(env.validator, msgspec.json.encode(env.qr_tap(env.phone())))
+    failed, headers, answer = await raw_exchange(env, request)
+    assert failed == 503
+    assert headers["retry-after"] == "1"
+    assert error_of(answer)["code"] == "database_unavailable"
+    # The nonce was not recorded: the same request again is the tap's retry, not a replay.
+    again, _, answer = await raw_exchange(env, request)
+    assert again == 200
+    assert msgspec.json.decode(answer)["status"] == "retry"
+    fresh = signed_request(env.validator, msgspec.json.encode(env.qr_tap(env.phone())))
+    assert (await raw_exchange(env, fresh))[0] == 200
 
 
 async def test_disabled_device_gets_401_after_refresh(gateway_env: GatewayEnv) -> None:
