@@ -18,7 +18,7 @@ import msgspec
 
 from gateway import auth, denylist, http_metrics
 from gateway.db import CONNECTION_ERRORS
-from gateway.errors import DatabaseError
+from gateway.errors import DatabaseError, msgspec_message_zh
 from gateway.http import Request, Response
 from gateway.http_schema import (DenyEntry, DenyListResponse, ErrorBody, ErrorDetail, TapResponse, TapBatchResponse,
                                  TapBatchRequest, TapRequest)
@@ -101,12 +101,12 @@ def decode_body(request: Request, content_type: bytes, schema: type) -> Any:
         return _DECODERS[(content_type, schema)].decode(request.body)
     except msgspec.ValidationError as exc:
         text = str(exc)
-        raise HttpError(422, "invalid_field", f"invalid request body: {text}", f"请求体字段无效：{text}",
-                        field=_field_path(text)) from exc
+        raise HttpError(422, "invalid_field", f"invalid request body: {text}",
+                        f"请求体字段无效：{msgspec_message_zh(text)}", field=_field_path(text)) from exc
     except msgspec.DecodeError as exc:
         kind = "MessagePack" if content_type == MSGPACK else "JSON"
         raise HttpError(400, "malformed_body", f"request body is not valid {kind}: {exc}",
-                        f"请求体不是有效的 {kind}：{exc}") from exc
+                        f"请求体不是有效的 {kind}：{msgspec_message_zh(str(exc))}") from exc
 
 
 def _field_path(message: str) -> str | None:

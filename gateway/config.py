@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import msgspec
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, msgspec_message_zh
 
 ENV_PREFIX = "TAPGATE_"
 
@@ -139,7 +139,7 @@ def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
     text = str(exc)
     return ConfigError(
         f"invalid configuration in {source}: {text}",
-        f"配置无效（{source}）：{text}",
+        f"配置无效（{source}）：{msgspec_message_zh(text)}",
         "fix the value at the path shown, or remove it to use the default / 请修改所示路径上的值，或删除该项以使用默认值",
     )
 

@@ -78,3 +78,12 @@ def test_messages_are_bilingual(tmp_path: pathlib.Path) -> None:
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="configuration file not found: /no/such.toml"):
         load_config("/no/such.toml", environ={})
+
+
+def test_type_error_in_chinese_half(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nport = "eighty"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.message_zh.endswith("应为 int 类型，实际为 str（位置 `$.server.port`）")
+    assert "Expected" not in info.value.message_zh

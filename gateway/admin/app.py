@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway.admin.auth import Principal, authenticate
 from gateway.config import Config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, msgspec_message_zh
 from gateway.logs import log_event
 from gateway.rules import RuleSetError, compile_rule_set
 from gateway.rules import store
@@ -152,7 +152,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = msgspec.json.decode(await request.read())
     except msgspec.DecodeError as exc:
         raise AdminError(400, "invalid_json", f"request body is not valid JSON: {exc}",
-                         f"请求体不是有效的 JSON：{exc}") from None
+                         f"请求体不是有效的 JSON：{msgspec_message_zh(str(exc))}") from None
     if not isinstance(body, dict):
         raise AdminError(400, "invalid_json", "request body must be a JSON object", "请求体必须是 JSON 对象")
     return body

@@ -231,6 +231,7 @@ async def test_wrong_type_gets_422_naming_field(gateway_env: GatewayEnv) -> None
     status, _, answer = await raw_exchange(env, signed_request(env.validator, msgspec.json.encode(tap)))
     assert status == 422
     assert error_of(answer)["field"] == "$.tap_time_ms"
+    assert error_of(answer)["message_zh"] == "请求体字段无效：应为 int 类型，实际为 str（位置 `$.tap_time_ms`）"
 
 
 async def test_missing_field_gets_422(gateway_env: GatewayEnv) -> None:
