@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 import msgspec
 
@@ -27,6 +28,44 @@ DESCRIPTION = """\
 沂源县社会保障卡与民生服务码交易网关
 Transaction gateway for the Yiyuan social security card and service code:
 bus validators, scenic-spot and venue gates, fare rules, journal and settlement."""
+
+
+# argparse's usage errors (the wording of Python 3.11), for the Chinese line
+# printed above the English one. A message that matches none is repeated.
+_USAGE_ZH = [
+    (re.compile(r"^the following arguments are required: (?P<names>.+)$"), "缺少必需的参数：{names}"),
+    (re.compile(r"^unrecognized arguments: (?P<names>.+)$"), "无法识别的参数：{names}"),
+    (re.compile(r"^one of the arguments (?P<names>.+) is required$"), "必须给出以下参数之一：{names}"),
+    (re.compile(r"^ambiguous option: (?P<option>\S+) could match (?P<names>.+)$"), "选项 {option} 有歧义，可能是：{names}"),
+    (re.compile(r"^argument (?P<arg>[^:]+): invalid choice: (?P<value>.+) \(choose from (?P<choices>.+)\)$"),
+     "参数 {arg}：无效的选项 {value}（可选：{choices}）"),
+    (re.compile(r"^argument (?P<arg>[^:]+): invalid (?P<kind>\S+) value: (?P<value>.+)$"),
+     "参数 {arg}：{value} 不是有效的 {kind} 值"),
+    (re.compile(r"^argument (?P<arg>[^:]+): expected one argument$"), "参数 {arg}：需要一个值"),
+    (re.compile(r"^argument (?P<arg>[^:]+): expected at least one argument$"), "参数 {arg}：至少需要一个值"),
+    (re.compile(r"^argument (?P<arg>[^:]+): not allowed with argument (?P<other>.+)$"),
+     "参数 {arg}：不能与参数 {other} 同时使用"),
+]
+
+
+def usage_error_zh(message: str) -> str:
+    """Return argparse's usage error ``message`` in Chinese (unchanged if its wording is unknown)."""
+    for pattern, template in _USAGE_ZH:
+        match = pattern.match(message)
+        if match:
+            return template.format(**match.groupdict())
+    return message
+
+
+class BilingualArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are printed in Chinese, then English.
+
+    Subcommand parsers inherit the class through ``add_subparsers``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: 错误：{usage_error_zh(message)}\n{self.prog}: error: {message}\n")
 
 
 def common_parser(*, nested: bool = False) -> argparse.ArgumentParser:
@@ -54,7 +93,7 @@ def common_parser(*, nested: bool = False) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     common = common_parser(nested=True)
-    parser = argparse.ArgumentParser(prog="tapgate", description=DESCRIPTION,
+    parser = BilingualArgumentParser(prog="tapgate", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      parents=[common_parser()])
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands / 子命令")

@@ -83,9 +83,24 @@ def test_invalid_config_value_exit_status(tmp_path: pathlib.Path) -> None:
     assert "$.server.workers = -1" in result.stderr
 
 
-@pytest.mark.parametrize("argv", [["no-such-command"], ["migrate", "--log-level", "LOUD"]])
-def test_usage_errors_exit_2(argv: list[str]) -> None:
-    assert run_cli(*argv).returncode == 2
+@pytest.mark.parametrize(("argv", "chinese", "english"), [
+    (["no-such-command"], "tapgate: 错误：参数 COMMAND：无效的选项 'no-such-command'（可选：",
+     "tapgate: error: argument COMMAND: invalid choice: 'no-such-command'"),
+    (["migrate", "--log-level", "LOUD"], "tapgate migrate: 错误：参数 --log-level：无效的选项 'LOUD'",
+     "tapgate migrate: error: argument --log-level: invalid choice: 'LOUD'"),
+    (["devices", "add"], "tapgate devices add: 错误：缺少必需的参数：device_id, --operator, --kind",
+     "tapgate devices add: error: the following arguments are required: device_id, --operator, --kind"),
+    (["serve", "--workers"], "tapgate serve: 错误：参数 --workers：需要一个值",
+     "tapgate serve: error: argument --workers: expected one argument"),
+    (["serve", "--workers", "many"], "tapgate serve: 错误：参数 --workers：'many' 不是有效的 int 值",
+     "tapgate serve: error: argument --workers: invalid int value: 'many'"),
+    (["--bogus"], "tapgate: 错误：无法识别的参数：--bogus", "tapgate: error: unrecognized arguments: --bogus"),
+])
+def test_usage_errors_bilingual(argv: list[str], chinese: str, english: str) -> None:
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert chinese in result.stderr
+    assert english in result.stderr
 
 
 def test_common_option_before_subcommand_kept(tmp_path: pathlib.Path) -> None:
