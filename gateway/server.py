@@ -35,6 +35,7 @@ from gateway.errors import DatabaseError
 from gateway.devices import DeviceRegistry
 from gateway.http import ConnectionSet, HttpProtocol
 from gateway.journal import Journal
+from gateway.journal.retention import prune_replay_keys, replay_key_horizon_s
 from gateway.keyring_store import build_key_ring, load_issuer_keys_if_changed
 from gateway.logs import log_event
 from gateway.pipeline import TapPipeline
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 
 # Seconds between two deletions of expired request nonces.
 NONCE_PRUNE_INTERVAL_S = 30.0
+# Seconds between two deletions of QR replay keys that can no longer match (gateway.journal.retention).
+REPLAY_PRUNE_INTERVAL_S = 3600.0
 # Seconds a readiness probe waits for PostgreSQL.
 READY_PROBE_TIMEOUT_S = 1.0
 
@@ -120,6 +123,7 @@ class Worker:
         self._refresher: asyncio.Task[None] | None = None
         self._last_refresh_ok = 0.0
         self._last_nonce_prune = 0.0
+        self._last_replay_prune = float("-inf")
         self._cache_seen = (0, 0)
         self._stopped = asyncio.Event()
 
@@ -214,6 +218,9 @@ class Worker:
                     if self._maintenance and time.monotonic() - self._last_nonce_prune > NONCE_PRUNE_INTERVAL_S:
                         await delete_old_nonces(conn, self.config.server.device_clock_skew_s)
                         self._last_nonce_prune = time.monotonic()
+                    if self._maintenance and time.monotonic() - self._last_replay_prune > REPLAY_PRUNE_INTERVAL_S:
+                        self._last_replay_prune = time.monotonic()
+                        await prune_replay_keys(conn, replay_key_horizon_s(self.config))
             except db.CONNECTION_ERRORS as exc:
                 failures += 1
                 # One line per outage, then one every 60 failures, so an outage does not flood the log.
