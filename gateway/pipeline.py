@@ -202,6 +202,13 @@ class TapPipeline:
             decision.reason = Reason.MALFORMED
             return decision
 
+        if tap.offline and tap.tap_time_ms == 0:
+            # The verifier treats tap time 0 as an online tap judged at the server's clock,
+            # so an offline tap at time 0 would skip the upload window and the tolerance
+            # check below. The Unix epoch is outside any upload window.
+            decision.reason = Reason.OFFLINE_UPLOAD_TOO_LATE
+            return decision
+
         result = components.verifier.verify(MEDIA[tap.medium], presented, device.device_id.encode("utf-8"),
                                             now_ms, tap.tap_time_ms if tap.offline else 0)
         decision.reason = int(result.reason)

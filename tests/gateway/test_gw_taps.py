@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
+import asyncpg
 import msgspec
 
 from gateway.client import MSGPACK
@@ -255,6 +256,23 @@ async def test_offline_tap_too_old_rejected(gateway_env: GatewayEnv) -> None:
     async with env.client() as client:
         answer = (await client.tap(env.qr_tap(env.phone(), tap_time_ms=old, offline=True))).decode()
     assert answer["reason"] == Reason.OFFLINE_UPLOAD_TOO_LATE
+
+
+async def test_offline_tap_at_time_zero_rejected(gateway_env: GatewayEnv) -> None:
+    # The fast path reads tap time 0 as an online tap. As an offline upload it
+    # used to pass the time checks at the server's clock, be priced at 1970
+    # and claim the QR code's replay key with a tap time that the replay-key
+    # retention deletes at its next run.
+    env = gateway_env
+    tap = env.qr_tap(env.phone(), offline=True)
+    async with env.client() as client:
+        answer = (await client.tap(dict(tap, tap_time_ms=0))).decode()
+    assert answer["reason"] == Reason.OFFLINE_UPLOAD_TOO_LATE
+    conn = await asyncpg.connect(env.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM replay_keys") == 0
+    finally:
+        await conn.close()
 
 
 async def test_batch_over_limit_gets_422(gateway_env: GatewayEnv) -> None:
