@@ -121,9 +121,9 @@ class Worker:
         self.server: asyncio.AbstractServer | None = None
         self.port: int | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._replay_pruner: asyncio.Task[None] | None = None
         self._last_refresh_ok = 0.0
         self._last_nonce_prune = 0.0
-        self._last_replay_prune = float("-inf")
         self._cache_seen = (0, 0)
         self._stopped = asyncio.Event()
 
@@ -162,6 +162,8 @@ class Worker:
         self.server = await loop.create_server(protocol, sock=sock, ssl=context, backlog=2048)
         self.port = sock.getsockname()[1]
         self._refresher = loop.create_task(self._refresh_loop())
+        if self._maintenance:
+            self._replay_pruner = loop.create_task(self._prune_replay_keys_loop())
         log_event(log, logging.INFO, "worker.started", worker=self.name, port=self.port, tls=context is not None,
                   devices=len(self.registry))
 
@@ -218,9 +220,6 @@ class Worker:
                     if self._maintenance and time.monotonic() - self._last_nonce_prune > NONCE_PRUNE_INTERVAL_S:
                         await delete_old_nonces(conn, self.config.server.device_clock_skew_s)
                         self._last_nonce_prune = time.monotonic()
-                    if self._maintenance and time.monotonic() - self._last_replay_prune > REPLAY_PRUNE_INTERVAL_S:
-                        self._last_replay_prune = time.monotonic()
-                        await prune_replay_keys(conn, replay_key_horizon_s(self.config))
             except db.CONNECTION_ERRORS as exc:
                 failures += 1
                 # One line per outage, then one every 60 failures, so an outage does not flood the log.
@@ -239,6 +238,26 @@ class Worker:
                 log_event(log, logging.INFO, "worker.refresh_recovered", worker=self.name, failures=failures)
             failures = 0
             self._last_refresh_ok = time.monotonic()
+
+    async def _prune_replay_keys_loop(self) -> None:
+        # A task of its own, not a step of the refresh loop, because the first run
+        # after an upgrade can take minutes (10 million old keys: 100 s on the
+        # embedded PostgreSQL, 2 cores), and devices, keys and deny lists must
+        # keep refreshing meanwhile.
+        horizon_s = replay_key_horizon_s(self.config)
+        timeout = self.config.database.connect_timeout_s
+        while True:
+            try:
+                assert self.pool is not None
+                async with self.pool.acquire(timeout=timeout) as conn:
+                    await prune_replay_keys(conn, horizon_s)
+            except db.CONNECTION_ERRORS as exc:
+                log_event(log, logging.WARNING, "worker.replay_prune_failed", worker=self.name,
+                          error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug here must not stop later runs
+                log_event(log, logging.ERROR, "worker.replay_prune_error", worker=self.name,
+                          error=f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(REPLAY_PRUNE_INTERVAL_S)
 
     def note_database_error(self, exc: BaseException) -> None:
         """Count a request that failed on PostgreSQL; logged by the journal and refresh loop, not per tap."""
@@ -284,10 +303,11 @@ class Worker:
 
         # Leave a fifth of the time for the journal flush and the pool.
         clean = await self._close_connections(max(0.1, 0.8 * timeout_s))
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+        for task in (self._refresher, self._replay_pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
         # Taps whose connection is gone are still in the journal's queue: flush them.
         try:

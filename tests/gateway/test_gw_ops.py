@@ -14,13 +14,14 @@ import asyncpg
 import msgspec
 import pytest
 
+from gateway import devices
 from gateway.app import GatewayApp
 from gateway.client import GatewayClient
 from gateway.http_openapi import render
 from gateway.pgembed import EmbeddedPostgres
 from gateway.server import Worker
 from tapgate import runtime
-from tests.gateway.conftest import GatewayEnv, seed, worker_config
+from tests.gateway.conftest import BUS_OPERATOR, ROUTE, GatewayEnv, seed, worker_config
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -163,3 +164,49 @@ async def test_postgres_down_gets_503_then_recovers(embedded_server: EmbeddedPos
         assert len(rows) == 2
     finally:
         await worker.drain(5.0)
+
+
+async def test_slow_replay_prune_keeps_refreshing(dsn: str) -> None:
+    # Pruning replay keys may take minutes after an upgrade. Meanwhile the
+    # worker must still learn of new devices, keys and deny-list entries.
+    await seed(dsn)
+    blocker = await asyncpg.connect(dsn)
+    observer = await asyncpg.connect(dsn)
+    worker = Worker(worker_config(), dsn, name="prune-worker")
+    try:
+        await blocker.execute("INSERT INTO replay_keys VALUES ($1, 1, '2020-01-01', '2020-01-01T00:00:00Z')",
+                              b"k" * 32)
+        # Hold the old key's row lock, so the pruning DELETE waits until the lock is released.
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("SELECT 1 FROM replay_keys FOR UPDATE")
+        await worker.start()
+
+        # The observer is outside any transaction, so each read of pg_stat_activity is current.
+        waiting = 0
+        for _ in range(50):
+            waiting = await observer.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE '%DELETE FROM replay_keys%'")
+            if waiting:
+                break
+            await asyncio.sleep(0.1)
+        assert waiting == 1
+
+        await devices.add_device(observer, "bus-late", BUS_OPERATOR, "validator", route_id=ROUTE)
+        for _ in range(50):
+            if worker.registry.get("bus-late") is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert worker.registry.get("bus-late") is not None
+
+        await transaction.rollback()
+        for _ in range(50):
+            if not await observer.fetchval("SELECT count(*) FROM replay_keys"):
+                break
+            await asyncio.sleep(0.1)
+        assert await observer.fetchval("SELECT count(*) FROM replay_keys") == 0
+    finally:
+        await worker.drain(5.0)
+        await observer.close()
+        await blocker.close()
