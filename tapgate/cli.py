@@ -45,11 +45,21 @@ _USAGE_ZH = [
     (re.compile(r"^argument (?P<arg>[^:]+): expected at least one argument$"), "参数 {arg}：至少需要一个值"),
     (re.compile(r"^argument (?P<arg>[^:]+): not allowed with argument (?P<other>.+)$"),
      "参数 {arg}：不能与参数 {other} 同时使用"),
+    (re.compile(r"^argument (?P<arg>[^:]+): ignored explicit argument (?P<value>.+)$"),
+     "参数 {arg}：不接受值 {value}"),
+    (re.compile(r"^argument (?P<arg>[^:]+): expected at most one argument$"), "参数 {arg}：最多只能有一个值"),
 ]
+
+# The project's own type checks raise ArgumentTypeError("English / 中文"),
+# which argparse prefixes with "argument NAME: ".
+_BILINGUAL_TYPE_ERROR = re.compile(r"^argument (?P<arg>[^:]+): (?P<en>.+) / (?P<zh>[^/]*[\u4e00-\u9fff][^/]*)$")
 
 
 def usage_error_zh(message: str) -> str:
     """Return argparse's usage error ``message`` in Chinese (unchanged if its wording is unknown)."""
+    bilingual = _BILINGUAL_TYPE_ERROR.match(message)
+    if bilingual:
+        return f"参数 {bilingual['arg']}：{bilingual['zh']}"
     for pattern, template in _USAGE_ZH:
         match = pattern.match(message)
         if match:
@@ -65,7 +75,9 @@ class BilingualArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: 错误：{usage_error_zh(message)}\n{self.prog}: error: {message}\n")
+        bilingual = _BILINGUAL_TYPE_ERROR.match(message)
+        english = f"argument {bilingual['arg']}: {bilingual['en']}" if bilingual else message
+        self.exit(2, f"{self.prog}: 错误：{usage_error_zh(message)}\n{self.prog}: error: {english}\n")
 
 
 def common_parser(*, nested: bool = False) -> argparse.ArgumentParser:

@@ -95,6 +95,14 @@ def test_invalid_config_value_exit_status(tmp_path: pathlib.Path) -> None:
     (["serve", "--workers", "many"], "tapgate serve: 错误：参数 --workers：'many' 不是有效的 int 值",
      "tapgate serve: error: argument --workers: invalid int value: 'many'"),
     (["--bogus"], "tapgate: 错误：无法识别的参数：--bogus", "tapgate: error: unrecognized arguments: --bogus"),
+    (["-h=x"], "tapgate: 错误：参数 -h/--help：不接受值 'x'\n",
+     "tapgate: error: argument -h/--help: ignored explicit argument 'x'\n"),
+    # The project's own type checks: each language on its own line.
+    (["settle", "close-day", "2026-13-01"],
+     "tapgate settle close-day: 错误：参数 day：日期 '2026-13-01' 无效，应为 YYYY-MM-DD\n",
+     "tapgate settle close-day: error: argument day: invalid day '2026-13-01': expected YYYY-MM-DD\n"),
+    (["demo", "--holders", "-5"], "tapgate demo: 错误：参数 --holders：应为不小于 100 的整数，实际为 '-5'\n",
+     "tapgate demo: error: argument --holders: expected a whole number of at least 100, got '-5'\n"),
 ])
 def test_usage_errors_bilingual(argv: list[str], chinese: str, english: str) -> None:
     result = run_cli(*argv)

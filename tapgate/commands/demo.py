@@ -19,7 +19,7 @@ def _at_least(minimum: int):
             value = minimum - 1
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r} "
-                                             f"/ 应为不小于 {minimum} 的整数")
+                                             f"/ 应为不小于 {minimum} 的整数，实际为 {text!r}")
         return value
 
     return parse
@@ -29,7 +29,7 @@ def _day(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid day {text!r}: expected YYYY-MM-DD / 日期应为 YYYY-MM-DD") from None
+        raise argparse.ArgumentTypeError(f"invalid day {text!r}: expected YYYY-MM-DD / 日期 {text!r} 无效，应为 YYYY-MM-DD") from None
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:

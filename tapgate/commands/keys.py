@@ -144,7 +144,7 @@ def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid date {text!r}: expected YYYY-MM-DD / 日期格式应为 YYYY-MM-DD")
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: expected YYYY-MM-DD / 日期 {text!r} 无效，应为 YYYY-MM-DD")
 
 
 def _now_ms() -> int:

@@ -125,7 +125,7 @@ def _date(text: str) -> dt.date:
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid date {text!r}: use YYYY-MM-DD / 日期无效，应为 YYYY-MM-DD")
+        raise argparse.ArgumentTypeError(f"invalid date {text!r}: use YYYY-MM-DD / 日期 {text!r} 无效，应为 YYYY-MM-DD")
 
 
 def parse_effective(text: str, now_ms: int | None = None) -> int:
