@@ -35,10 +35,28 @@ def test_msgspec_messages_in_chinese(document: bytes, expected: str) -> None:
     assert msgspec_message_zh(str(info.value)) == expected
 
 
-def test_malformed_json_in_chinese() -> None:
+@pytest.mark.parametrize(("document", "expected"), [
+    (b'{"count": 1}x', "JSON 格式错误：末尾有多余的字符（字节位置 13）"),
+    (b'{"count" 1}', "JSON 格式错误：此处应为 ':'（字节位置 9）"),
+    (b'{"count": 1,}', "JSON 格式错误：对象末尾多了逗号（字节位置 12）"),
+    (b'{"count": 1e999}', "数值超出范围（位置 `$.count`）"),
+])
+def test_malformed_json_in_chinese(document: bytes, expected: str) -> None:
     with pytest.raises(msgspec.DecodeError) as info:
-        msgspec.json.decode(b'{"count": 1}x', type=Sample)
-    assert msgspec_message_zh(str(info.value)).startswith("JSON 格式错误（")
+        msgspec.json.decode(document, type=Sample)
+    assert msgspec_message_zh(str(info.value)) == expected
+
+
+@pytest.mark.parametrize(("document", "expected"), [
+    (b"\xc1", "MessagePack 格式错误：无效的操作码 '\\xc1'（字节位置 0）"),
+    (msgspec.msgpack.encode({"count": 1}) + b"\x00", "MessagePack 格式错误：末尾有多余的字符（字节位置 8）"),
+    (msgspec.msgpack.encode({1: 2}), "应为 str 类型，实际为 int（位置 `$` 的键）"),
+    (b"\x82\xa5count\x01\xa4code\xa1\xff", "字符串不是有效的 UTF-8 编码"),
+])
+def test_malformed_msgpack_in_chinese(document: bytes, expected: str) -> None:
+    with pytest.raises(msgspec.DecodeError) as info:
+        msgspec.msgpack.decode(document, type=Sample)
+    assert msgspec_message_zh(str(info.value)) == expected
 
 
 def test_unknown_message_kept() -> None:
