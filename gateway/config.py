@@ -134,12 +134,12 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return overrides
 
 
-def _explain(exc: msgspec.ValidationError, source: str) -> ConfigError:
+def _explain(exc: msgspec.ValidationError, source: str, source_zh: str | None = None) -> ConfigError:
     # msgspec reports "Expected `int`, got `str` - at `$.server.port`".
     text = str(exc)
     return ConfigError(
         f"invalid configuration in {source}: {text}",
-        f"配置无效（{source}）：{msgspec_message_zh(text)}",
+        f"配置无效（{source_zh or source}）：{msgspec_message_zh(text)}",
         "fix the value at the path shown, or remove it to use the default / 请修改所示路径上的值，或删除该项以使用默认值",
     )
 
@@ -166,6 +166,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 "check the path given with --config / 请检查 --config 给出的路径",
             ) from exc
         except tomllib.TOMLDecodeError as exc:
+            # TODO: the Chinese half keeps tomllib's English detail, e.g. "Expected ']'
+            # at the end of a table declaration (at line 1, column 8)".
             raise ConfigError(
                 f"configuration file {file} is not valid TOML: {exc}",
                 f"配置文件 {file} 不是有效的 TOML：{exc}",
@@ -185,9 +187,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
             # strict=False converts "9000" to 9000 and "true" to True.
             config = msgspec.convert(merged, Config, strict=False)
         except msgspec.ValidationError as exc:
-            raise _explain(exc, "environment " + ", ".join(
-                f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s, v in overrides.items() for k in v
-            )) from exc
+            names = ", ".join(f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s, v in overrides.items() for k in v)
+            raise _explain(exc, f"environment {names}", f"环境变量 {names}") from exc
 
     _check_ranges(config)
     return config

@@ -46,8 +46,10 @@ def test_unknown_env_key_lists_valid_keys() -> None:
 
 
 def test_env_value_of_wrong_type() -> None:
-    with pytest.raises(ConfigError, match=r"TAPGATE_SERVER_WORKERS"):
+    with pytest.raises(ConfigError, match=r"TAPGATE_SERVER_WORKERS") as info:
         load_config(None, environ={"TAPGATE_SERVER_WORKERS": "many"})
+    assert info.value.message_zh.startswith("配置无效（环境变量 TAPGATE_SERVER_WORKERS）：")
+    assert info.value.message_en.startswith("invalid configuration in environment TAPGATE_SERVER_WORKERS: ")
 
 
 @pytest.mark.parametrize(
