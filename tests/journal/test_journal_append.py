@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
 import asyncpg
 
 from gateway.journal import Journal
+from gateway.journal.verify import verify_chain
 from gateway.reasons import Reason
 from tests.journal.conftest import make_entry
 
@@ -254,3 +256,85 @@ async def test_busy_writer_waits_to_group(pool: asyncpg.Pool):
         second = journal.append(make_entry())
         outcomes = await asyncio.gather(first, second)
     assert outcomes[0].batch_id == outcomes[1].batch_id
+
+
+async def test_batch_of_retry_replay_and_conflict(journal: Journal, pool: asyncpg.Pool):
+    key = os.urandom(32)
+    holder = os.urandom(16)
+    first = make_entry(medium=2, replay_key=key, holder_token=holder, rider_state=b"state-1")
+    used = await journal.append(first)
+    # One group: a retry of the tap that used the code, a new tap replaying it,
+    # and the first tap's id with another digest.
+    retry, replay, conflict = await asyncio.gather(
+        journal.append(first),
+        journal.append(make_entry(medium=2, replay_key=key, holder_token=holder, rider_state=b"state-2")),
+        journal.append(make_entry(device_tap_id=first.device_tap_id, request_digest=os.urandom(32), medium=2,
+                                  replay_key=key)))
+    states = await journal.load_rider_states([holder])
+
+    assert (retry.status, replay.status, conflict.status) == ("retry", "new", "conflict")
+    assert retry.journal_id == used.journal_id
+    assert retry.decision == 1
+    assert replay.reason == Reason.REPLAYED
+    assert replay.fare_fen == 0
+    assert conflict.journal_id == used.journal_id
+    assert states == {holder: b"state-1"}
+    async with pool.acquire() as conn:
+        assert (await verify_chain(conn)).ok
+
+
+async def test_batch_of_only_retries_writes_nothing(journal: Journal, pool: asyncpg.Pool):
+    entries = [make_entry(medium=2, replay_key=os.urandom(32)) for _ in range(5)]
+    firsts = await asyncio.gather(*(journal.append(entry) for entry in entries))
+    head = await pool.fetchrow("SELECT batch_id, chain_hash FROM journal_chain_head")
+    batches = await pool.fetchval("SELECT count(*) FROM journal_batches")
+
+    again = await asyncio.gather(*(journal.append(entry) for entry in entries + entries))
+
+    assert [outcome.status for outcome in again] == ["retry"] * 10
+    assert [outcome.journal_id for outcome in again] == [outcome.journal_id for outcome in firsts] * 2
+    assert [outcome.reason for outcome in again] == [0] * 10
+    assert await pool.fetchrow("SELECT batch_id, chain_hash FROM journal_chain_head") == head
+    assert await pool.fetchval("SELECT count(*) FROM journal_batches") == batches
+
+
+async def test_two_pools_claim_each_key_once(dsn: str):
+    # Two writers on their own pools commit overlapping tap ids and QR codes at once.
+    rng = random.Random(5)
+    codes = [os.urandom(32) for _ in range(300)]
+    tap_ids = range(10**9, 10**9 + 400)
+    first_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    second_pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    try:
+        async with Journal(first_pool, worker="x", flush_interval_ms=1.0, batch_max=37) as first, \
+                Journal(second_pool, worker="y", flush_interval_ms=1.0, batch_max=53) as second:
+            futures = []
+            for i in range(1500):
+                tap_id = rng.choice(tap_ids)
+                # Mostly retries of the same request, sometimes another request with the same id.
+                digest = bytes([tap_id % 256]) * 32 if rng.random() < 0.9 else os.urandom(32)
+                entry = make_entry(device_tap_id=tap_id, medium=2, replay_key=rng.choice(codes),
+                                   request_digest=digest)
+                futures.append((first if rng.random() < 0.5 else second).append(entry))
+                if i % 50 == 0:
+                    await asyncio.sleep(0)
+            outcomes = await asyncio.gather(*futures)
+
+        async with first_pool.acquire() as conn:
+            report = await verify_chain(conn)
+            rows = await conn.fetchval("SELECT count(*) FROM taps")
+            repeated_ids = await conn.fetchval("SELECT count(*) - count(DISTINCT device_tap_id) FROM taps")
+            accepted = await conn.fetchval("SELECT count(*) FROM taps WHERE decision = 1")
+            claimed = await conn.fetchval("SELECT count(*) FROM replay_keys")
+            accepted_codes = await conn.fetchval(
+                "SELECT count(DISTINCT r.replay_key) FROM replay_keys r JOIN taps t USING (tap_id) "
+                "WHERE t.decision = 1")
+    finally:
+        await first_pool.close()
+        await second_pool.close()
+
+    assert report.ok, report.problems[:5]
+    assert repeated_ids == 0
+    assert rows == [outcome.status for outcome in outcomes].count("new")
+    assert accepted == claimed
+    assert accepted_codes == claimed
