@@ -417,7 +417,8 @@ class Journal:
                     _set_exception(item.future, error)
             self._last_commit_end = time.monotonic()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    async def _commit(self, batch: list[_Pending]) -> BaseException | None:
+        """Commit ``batch`` and resolve its futures; return the connection error that failed it, if any."""
         records = [_record(item.entry, item.day) for item in batch]
         started = time.perf_counter()
         try:
@@ -429,21 +430,27 @@ class Journal:
                 # Commit the entries one by one, so only the bad one fails.
                 log_event(log, logging.WARNING, "journal.batch_split", worker=self.worker, entries=len(batch),
                           error=type(exc).__name__, detail=str(exc)[:200])
-                for item in batch:
-                    await self._commit([item])
-                return
+                for index, item in enumerate(batch):
+                    failure = await self._commit([item])
+                    if failure is not None:
+                        # PostgreSQL itself failed: each remaining entry would wait for a back-off
+                        # and fail the same way, so fail them all now.
+                        if index + 1 < len(batch):
+                            self._fail(batch[index + 1:], failure)
+                        return failure
+                return None
             self._fail(batch, exc, bad_entry=True)
-            return
+            return None
         except CONNECTION_ERRORS as exc:
             self._fail(batch, exc)
             await self._back_off()
-            return
+            return exc
         except Exception as exc:
             # Anything else is a bug. Fail the appends so no caller waits forever,
             # and keep the flusher alive for the next batch.
             log.exception("journal.commit_error worker=%s entries=%d", self.worker, len(batch))
             self._fail(batch, exc)
-            return
+            return None
 
         elapsed = time.perf_counter() - started
         self.commit_seconds += elapsed
@@ -477,6 +484,7 @@ class Journal:
         if counts[0]:
             self.batches_committed += 1
             self.entries_committed += counts[0]
+        return None
 
     def _fail(self, batch: list[_Pending], exc: BaseException, *, bad_entry: bool = False) -> None:
         metrics.JOURNAL_COMMITS.labels("failed").inc()

@@ -81,6 +81,25 @@ async def test_rejected_value_fails_only_its_entry(journal: Journal, pool: async
     assert await pool.fetchval("SELECT count(*) FROM taps") == 4
 
 
+async def test_outage_during_split_fails_rest_at_once(dsn: str, pool: asyncpg.Pool):
+    # A rejected value splits the batch into single commits. If PostgreSQL then fails too, the
+    # remaining entries fail at once instead of each waiting for a commit timeout and a back-off.
+    async with Journal(pool, worker="split", commit_timeout_s=0.3, flush_interval_ms=50.0) as journal:
+        blocker = await _hold_chain_head(dsn)
+        try:
+            bad = make_entry(route_id="r\ud800")
+            good = [make_entry() for _ in range(20)]
+            results = await asyncio.wait_for(
+                asyncio.gather(journal.append(bad), *(journal.append(entry) for entry in good),
+                               return_exceptions=True), 5)
+        finally:
+            await blocker.execute("ROLLBACK")
+            await blocker.close()
+    assert isinstance(results[0], JournalEntryError)
+    assert all(isinstance(result, JournalUnavailable) for result in results[1:])
+    assert await pool.fetchval("SELECT count(*) FROM taps") == 0
+
+
 async def test_invalid_entry_raises_at_once(journal: Journal):
     with pytest.raises(JournalEntryError, match="medium=7"):
         journal.append(make_entry(medium=7))
