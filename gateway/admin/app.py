@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway.admin.auth import Principal, authenticate
 from gateway.config import Config
+from gateway.db import CONNECTION_ERRORS
 from gateway.errors import GatewayError, msgspec_message_zh
 from gateway.logs import log_event
 from gateway.rules import RuleSetError, compile_rule_set
@@ -143,7 +144,7 @@ async def _audit_request(request: web.Request, caller: Principal, status: int) -
             await conn.execute(
                 "INSERT INTO admin_audit (actor, action, target, status) VALUES ($1, $2, $3, $4)",
                 caller.user_name, f"{request.method} {route}", request.path, status)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except CONNECTION_ERRORS as exc:
         log_event(log, logging.ERROR, "admin.audit_failed", actor=caller.user_name, path=request.path, error=exc)
 
 
