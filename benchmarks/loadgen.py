@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import math
 import statistics
 import time
 from typing import Callable, Iterable, Iterator
@@ -220,13 +221,12 @@ async def _pace(rate: float, started: float, stop_at: float, due: collections.de
                 exhausted: Callable[[], bool]) -> None:
     """Release requests at ``rate`` per second; a request waits in ``due`` while every connection is busy."""
     interval = 1.0 / rate
+    # Request i is due at started + i * interval: the first one at once, the last one before stop_at.
+    total = math.ceil((stop_at - started) / interval)
     issued = 0
-    while not exhausted():
+    while not exhausted() and issued < total:
         now = time.perf_counter()
-        if now >= stop_at:
-            return
-        # Request i is due at started + i * interval: the first one at once.
-        target = int((now - started) / interval) + 1
+        target = min(int((now - started) / interval) + 1, total)
         while issued < target:
             due_at = started + issued * interval
             issued += 1
