@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import tomllib
 from typing import Any, Mapping
 
@@ -144,6 +145,9 @@ def _explain(exc: msgspec.ValidationError, source: str, source_zh: str | None = 
     )
 
 
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
+
+
 def load_config(path: str | os.PathLike[str] | None = None,
                 environ: Mapping[str, str] | None = None) -> Config:
     """Read ``path`` (TOML) if given, apply environment overrides, and validate.
@@ -166,11 +170,13 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 "check the path given with --config / 请检查 --config 给出的路径",
             ) from exc
         except tomllib.TOMLDecodeError as exc:
-            # TODO: the Chinese half keeps tomllib's English detail, e.g. "Expected ']'
-            # at the end of a table declaration (at line 1, column 8)".
+            # tomllib's detail is English only ("Expected ']' at the end of a table
+            # declaration (at line 1, column 8)"); the Chinese half gives its position.
+            position = _TOML_POSITION.search(str(exc))
+            where = f"，错误位于第 {position.group(1)} 行第 {position.group(2)} 列" if position else ""
             raise ConfigError(
                 f"configuration file {file} is not valid TOML: {exc}",
-                f"配置文件 {file} 不是有效的 TOML：{exc}",
+                f"配置文件 {file} 不是有效的 TOML{where}",
             ) from exc
 
     try:

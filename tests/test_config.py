@@ -89,3 +89,12 @@ def test_type_error_in_chinese_half(tmp_path: pathlib.Path) -> None:
         load_config(path, environ={})
     assert info.value.message_zh.endswith("应为 int 类型，实际为 str（位置 `$.server.port`）")
     assert "Expected" not in info.value.message_zh
+
+
+def test_toml_syntax_error_position_in_chinese(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[server\nport = 80\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.message_zh == f"配置文件 {path} 不是有效的 TOML，错误位于第 1 行第 8 列"
+    assert "(at line 1, column 8)" in info.value.message_en
