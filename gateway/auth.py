@@ -149,6 +149,10 @@ class NonceGuard:
             if batch:
                 try:
                     await self._flush(batch)
+                except asyncio.CancelledError:
+                    # close() during a claim: its requests get a 503, not a wait without end.
+                    self._fail_batch(batch, ConnectionError("the gateway is shutting down"))
+                    raise
                 except Exception as exc:
                     # A bug here must not end this task: every later claim of the worker would wait forever.
                     log.exception("nonce.flush_error count=%d", len(batch))

@@ -409,6 +409,11 @@ class Journal:
             metrics.JOURNAL_PENDING.set(len(self._pending))
             try:
                 await self._commit(batch)
+            except asyncio.CancelledError:
+                # Cancelled without close() (the event loop is ending): nothing of this batch is
+                # acknowledged, so fail its appends rather than leave them waiting.
+                self._fail(batch, ConnectionError("the journal writer was cancelled"))
+                raise
             except Exception as exc:
                 # A bug while handling the results: fail what is still waiting and keep flushing.
                 log.exception("journal.flush_error worker=%s entries=%d", self.worker, len(batch))

@@ -155,6 +155,36 @@ async def test_nonce_check_survives_failure(gateway_env: GatewayEnv, error: Exce
     assert (await raw_exchange(env, fresh))[0] == 200
 
 
+async def test_nonce_claim_in_flight_fails_on_close(gateway_env: GatewayEnv) -> None:
+    env = gateway_env
+    guard = env.worker.nonces
+    assert guard is not None
+    nonce = bytes(16)
+    # An uncommitted insert of the same nonce makes the guard's insert wait for this transaction.
+    blocker = await asyncpg.connect(env.dsn)
+    try:
+        await blocker.execute("BEGIN")
+        await blocker.execute("INSERT INTO device_nonces (nonce, device_id, request_ts) VALUES ($1, 'x', now())",
+                              nonce)
+        claim = guard.claim(nonce, VALIDATOR, now_ms())
+        for _ in range(200):
+            # Statistics views keep one snapshot per transaction unless it is cleared.
+            await blocker.execute("SELECT pg_stat_clear_snapshot()")
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting == 1
+        await guard.close()
+        with pytest.raises(ConnectionError, match="shutting down"):
+            await asyncio.wait_for(claim, 5)
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
+        guard.start()
+
+
 async def test_disabled_device_gets_401_after_refresh(gateway_env: GatewayEnv) -> None:
     env = gateway_env
     conn = await __import__("asyncpg").connect(env.dsn)

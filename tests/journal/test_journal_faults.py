@@ -175,3 +175,19 @@ async def test_retry_of_deleted_row_raises_integrity_error(journal: Journal, poo
         await journal.append(entry)
     # The writer goes on with other entries.
     assert (await journal.append(make_entry())).status == "new"
+
+
+async def test_cancelled_flusher_fails_batch_in_flight(dsn: str, pool: asyncpg.Pool):
+    journal = Journal(pool, worker="cancelled", commit_timeout_s=30.0)
+    await journal.start()
+    blocker = await _hold_chain_head(dsn)
+    try:
+        future = journal.append(make_entry())
+        await _waiting_backends(blocker)
+        assert journal._task is not None
+        journal._task.cancel()
+        with pytest.raises(JournalUnavailable, match="cancelled"):
+            await asyncio.wait_for(future, 5)
+    finally:
+        await blocker.execute("ROLLBACK")
+        await blocker.close()
