@@ -30,6 +30,8 @@ class Answer(msgspec.Struct, kw_only=True, omit_defaults=True):
     journal_id: int | None = None
     rider_category: str | None = None
     fare_fen: int | None = None
+    # True for a tap kept by a bus while offline and sent later in a batch upload.
+    offline: bool = False
 
     @property
     def acknowledged(self) -> bool:

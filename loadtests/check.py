@@ -51,6 +51,9 @@ class CheckReport(msgspec.Struct, kw_only=True):
     acknowledged: int
     not_acknowledged: int
     journal_rows: int
+    # Taps kept by an offline validator and sent in batch uploads, and how many of them were acknowledged.
+    sent_offline: int
+    acknowledged_offline: int
     # Acknowledged taps missing from the journal, present more than once, or different from the answer.
     journal_mismatches: int
     # Journal rows of the run's devices whose device tap id was never sent or never acknowledged.
@@ -70,7 +73,7 @@ async def fetch_journal(dsn: str, device_ids: list[str], since_ms: int = 0) -> l
     conn = await asyncpg.connect(dsn)
     try:
         return await conn.fetch(
-            "SELECT device_id, device_tap_id, tap_id, decision, reason FROM taps "
+            "SELECT device_id, device_tap_id, tap_id, decision, reason, offline FROM taps "
             "WHERE device_id = ANY($1::text[]) AND received_at >= $2",
             device_ids, from_unix_ms(since_ms))
     finally:
@@ -105,6 +108,7 @@ def compare(answers: Iterable[Answer], journal: list[asyncpg.Record] | list[dict
         summary = by_kind.setdefault(answer.kind, KindSummary())
         summary.sent += 1
         counters["sent"] += 1
+        counters["sent_offline"] += answer.offline
         key = (answer.device_id, answer.tap_id)
         sent_keys.add(key)
 
@@ -123,6 +127,7 @@ def compare(answers: Iterable[Answer], journal: list[asyncpg.Record] | list[dict
             continue
 
         counters["acknowledged"] += 1
+        counters["acknowledged_offline"] += answer.offline
         summary.acknowledged += 1
         acknowledged_keys.add(key)
         summary.reasons[str(answer.reason)] = summary.reasons.get(str(answer.reason), 0) + 1
@@ -146,6 +151,7 @@ def compare(answers: Iterable[Answer], journal: list[asyncpg.Record] | list[dict
         passed=failed == 0 and counters["acknowledged"] > 0,
         sent=counters["sent"], acknowledged=counters["acknowledged"],
         not_acknowledged=counters["not_acknowledged"], journal_rows=len(journal),
+        sent_offline=counters["sent_offline"], acknowledged_offline=counters["acknowledged_offline"],
         journal_mismatches=counters["journal_mismatches"],
         journal_rows_never_sent=counters["journal_rows_never_sent"],
         journal_rows_unacknowledged=counters["journal_rows_unacknowledged"],
@@ -166,6 +172,9 @@ def _journal_mismatch(answer: Answer, rows: list) -> str | None:
     if row["tap_id"] != answer.journal_id or decision != answer.decision or row["reason"] != answer.reason:
         return (f"{where}: answered {answer.decision} reason {answer.reason}, journal has tap id {row['tap_id']} "
                 f"{decision} reason {row['reason']}")
+    journal_offline = row.get("offline")
+    if journal_offline is not None and journal_offline != answer.offline:
+        return f"{where}: sent with offline={answer.offline}, journal has offline={journal_offline}"
     return None
 
 

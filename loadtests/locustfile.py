@@ -18,8 +18,13 @@ the traffic model. A tap whose answer is not what its kind must get is a
 Locust failure named by its kind, and every answer goes to this process's
 answer file for the journal check after the run.
 
-TODO: offline batch uploads (``POST /v1/taps/batch``) of validators that
-lost their connection are not simulated yet.
+Buses lose their connection now and then (the model's ``[offline]``): a
+validator then keeps its taps, marked offline with their own tap times, and
+uploads them as ``POST /v1/taps/batch`` requests when the connection
+returns. Each tap of a batch is checked and logged like a single tap.
+Unknown-device and replayed-code traffic is sent only online, since one
+unknown device would fail a whole batch and a replay needs a code accepted
+moments before.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ log = logging.getLogger("loadtests")
 SPEC = sc.read_spec()
 FIXTURE = read_fixture(SPEC.fixture_path)
 TAP_PATH = "/v1/taps"
+BATCH_PATH = "/v1/taps/batch"
 CONTENT_TYPE = "application/msgpack" if SPEC.body_format == "msgpack" else "application/json"
 encode_body = msgspec.msgpack.encode if SPEC.body_format == "msgpack" else msgspec.json.encode
 decode_body = msgspec.msgpack.decode if SPEC.body_format == "msgpack" else msgspec.json.decode
@@ -136,6 +142,8 @@ class DeviceUser(FastHttpUser):
         self.recent = self.state.recent.setdefault(self.device.device_id, {})
         self.next_tap_id = time.time_ns() // 1000
         self.last_sent = 0.0
+        # Taps kept while the device is offline; None while it is online.
+        self.queued: list[Tap] | None = None
 
     def on_stop(self) -> None:
         device = getattr(self, "device", None)
@@ -150,7 +158,13 @@ class DeviceUser(FastHttpUser):
 
     def tap(self, place: Place, kind: str | None = None, holder: Holder | None = None,
             medium: str = "card") -> Tap | None:
-        """Send one tap (of a drawn kind, or a valid one by ``holder``) and return it if it was accepted."""
+        """Send one tap (of a drawn kind, or a valid one by ``holder``) and return it if it was accepted.
+
+        While the device is offline the tap is kept for the next batch upload,
+        and a valid tap is returned as if accepted.
+        """
+        if self.queued is not None:
+            return self._keep_offline(place, kind, holder, medium)
         wait_s = self.last_sent + DEVICE_INTERVAL_S - time.monotonic()
         if wait_s > 0:
             time.sleep(wait_s)
@@ -167,6 +181,76 @@ class DeviceUser(FastHttpUser):
             maker.remember_accepted(tap, now_ms)
             return tap
         return None
+
+    def _keep_offline(self, place: Place, kind: str | None, holder: Holder | None, medium: str) -> Tap | None:
+        assert self.queued is not None
+        now_ms = time.time_ns() // 1_000_000
+        self.next_tap_id += 1
+        maker = self.state.maker
+        if holder is not None:
+            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms, self.recent)
+        else:
+            kind = kind or maker.choose_kind()
+            if kind in (sc.UNKNOWN_DEVICE, sc.REPLAYED_QR):
+                kind = sc.VALID_QR
+            tap = maker.make(kind, self.device, place, self.next_tap_id, now_ms, self.recent)
+        tap.body["offline"] = True
+        self.queued.append(tap)
+        return tap if tap.kind in sc.VALID_KINDS else None
+
+    def upload(self) -> None:
+        """Go back online and send the kept taps in batch requests of at most ``batch_max``."""
+        queued, self.queued = self.queued or [], None
+        batch_max = SPEC.model.offline.batch_max
+        for start in range(0, len(queued), batch_max):
+            wait_s = self.last_sent + DEVICE_INTERVAL_S - time.monotonic()
+            if wait_s > 0:
+                time.sleep(wait_s)
+            self.last_sent = time.monotonic()
+            self._send_batch(queued[start:start + batch_max])
+
+    def _send_batch(self, taps: list[Tap]) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        body = encode_body({"taps": [tap.body for tap in taps]})
+        creds = taps[0].creds
+        headers = sign_headers(creds, "POST", BATCH_PATH, body, now_ms=now_ms)
+        headers["Content-Type"] = CONTENT_TYPE
+        answers = [Answer(device_id=creds.device_id, tap_id=tap.body["tap_id"], kind=tap.kind,
+                          scenario=self.scenario, medium=tap.medium, sent_ms=now_ms, status=0, offline=True)
+                   for tap in taps]
+        try:
+            with self.client.post(BATCH_PATH, data=body, headers=headers, name=f"{self.scenario} offline batch",
+                                  catch_response=True) as response:
+                status = response.status_code or 0
+                for answer in answers:
+                    answer.status = status
+                if status != 200:
+                    response.failure(f"offline batch of {len(taps)}: HTTP {status}: {(response.text or '')[:200]}")
+                    return
+                try:
+                    results = decode_body(response.content)["results"]
+                    for answer, result in zip(answers, results, strict=True):
+                        answer.decision = result["decision"]
+                        answer.reason = result["reason"]
+                        answer.journal_id = result["journal_id"]
+                        answer.rider_category = result.get("rider_category")
+                        answer.fare_fen = result.get("fare_fen")
+                except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+                    for answer in answers:
+                        answer.journal_id = None
+                    response.failure(f"unreadable batch answer: {exc}")
+                    return
+                wrong = [f"{answer.kind}: decision {answer.decision} reason {answer.reason}"
+                         for answer in answers if not outcome_is_expected(answer, FARE_REASONS_ALLOWED)]
+                if wrong:
+                    response.failure(f"offline batch: {len(wrong)} of {len(taps)} taps got an unexpected "
+                                     f"answer, first {wrong[0]}")
+                else:
+                    response.success()
+        finally:
+            # Also when Locust stops this user mid-request, as for single taps.
+            for answer in answers:
+                self.state.answers.write(answer)
 
     def send(self, tap: Tap, now_ms: int) -> bool:
         body = encode_body(tap.body)
@@ -218,6 +302,7 @@ class BusValidator(DeviceUser):
         self.direction = 1
         # Riders who tapped on and will tap off (area-fare routes): (holder, medium, stops left, tap-on time).
         self.on_board: list[tuple[Holder, str, int, float]] = []
+        self.offline_stops_left = 0
 
     @task
     def serve_next_stop(self) -> None:
@@ -249,7 +334,18 @@ class BusValidator(DeviceUser):
             self.sleep_simulated(timing.boarding_interval_s)
 
         self._advance()
+        self._update_connection(rng)
         self.sleep_simulated(timing.stop_interval_s)
+
+    def _update_connection(self, rng: random.Random) -> None:
+        offline = SPEC.model.offline
+        if self.queued is not None:
+            self.offline_stops_left -= 1
+            if self.offline_stops_left <= 0:
+                self.upload()
+        elif offline.share > 0 and rng.random() < offline.share:
+            self.queued = []
+            self.offline_stops_left = offline.stops
 
     def _advance(self) -> None:
         last = len(self.route.stops) - 1

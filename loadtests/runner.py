@@ -298,6 +298,8 @@ def judge(options: Options, dsn: str, run_fixture: fixture.Fixture) -> int:
         "thresholds": dataclasses.asdict(options.thresholds),
         "correctness": {"passed": correctness.passed, "sent": correctness.sent,
                         "acknowledged": correctness.acknowledged, "journal_rows": correctness.journal_rows,
+                        "sent_offline": correctness.sent_offline,
+                        "acknowledged_offline": correctness.acknowledged_offline,
                         "wrong_outcomes": correctness.wrong_outcomes,
                         "journal_mismatches": correctness.journal_mismatches},
     }
@@ -316,7 +318,8 @@ def print_summary(summary: dict, out: pathlib.Path) -> None:
           f"p50 {totals['p50_ms']:g} ms  p95 {totals['p95_ms']:g} ms  p99 {totals['p99_ms']:g} ms  "
           f"错误率 / error rate: {totals['error_rate']:.4%}")
     print(f"正确性 / correctness: {'通过 / passed' if correctness['passed'] else '未通过 / FAILED'}  "
-          f"已确认 / acknowledged: {correctness['acknowledged']}  流水行 / journal rows: {correctness['journal_rows']}")
+          f"已确认 / acknowledged: {correctness['acknowledged']}  流水行 / journal rows: {correctness['journal_rows']}  "
+          f"离线批量上传 / offline uploads: {correctness['acknowledged_offline']} / {correctness['sent_offline']}")
     if "stepped" in summary:
         stepped = summary["stepped"]
         print(f"可持续速率 / sustainable rate at p99 <= {stepped['p99_goal_ms']:g} ms: "

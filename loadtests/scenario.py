@@ -103,6 +103,17 @@ class Timing(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     venue_interval_s: float = 20.0
 
 
+class Offline(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Buses that lose their mobile connection and upload the taps they kept as one batch."""
+
+    # Chance that a bus loses its connection when it leaves a stop (0 turns outages off).
+    share: float = 0.05
+    # Stops the bus serves while offline; it uploads when it reaches the next stop after them.
+    stops: int = 3
+    # Taps per upload request (POST /v1/taps/batch); a longer queue goes in several requests.
+    batch_max: int = 200
+
+
 class TrafficModel(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     operators: list[Operator]
@@ -115,6 +126,7 @@ class TrafficModel(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     media: dict[str, float] = msgspec.field(default_factory=lambda: {"card": 0.45, "qr": 0.55})
     bad: BadTraffic = msgspec.field(default_factory=BadTraffic)
     timing: Timing = msgspec.field(default_factory=Timing)
+    offline: Offline = msgspec.field(default_factory=Offline)
     # Relative bus traffic for each local hour 0..23; the peak shape follows it.
     day_profile: list[float] = msgspec.field(default_factory=lambda: [
         0, 0, 0, 0, 0, 0.2, 0.6, 1.0, 0.9, 0.5, 0.4, 0.45, 0.5, 0.45, 0.4, 0.45, 0.6, 0.95, 0.85, 0.5, 0.35, 0.2, 0.1, 0])
@@ -204,6 +216,13 @@ def validate_model(model: TrafficModel) -> TrafficModel:
     if len(model.day_profile) != 24 or any(v < 0 for v in model.day_profile) or max(model.day_profile) <= 0:
         raise ConfigError("invalid traffic model: $.day_profile needs 24 weights >= 0, at least one positive",
                           "流量模型无效：$.day_profile 需要 24 个不小于 0 的权重，且至少一个为正")
+
+    offline = model.offline
+    if not 0 <= offline.share <= 1 or offline.stops < 1 or not 1 <= offline.batch_max <= 1000:
+        raise ConfigError(f"invalid traffic model: $.offline = {msgspec.structs.asdict(offline)}, expected share "
+                          "from 0 to 1, stops >= 1 and batch_max from 1 to 1000",
+                          f"流量模型无效：$.offline = {msgspec.structs.asdict(offline)}，share 应在 0 到 1 之间，"
+                          "stops 不小于 1，batch_max 在 1 到 1000 之间")
 
     operators = {op.operator_id: op.kind for op in model.operators}
     for index, route in enumerate(model.routes):

@@ -30,6 +30,11 @@ lost_card = 0.05
 arrears = 0.05
 unknown_device = 0.03
 """
+OFFLINE = """[offline]
+share = 1.0
+stops = 1
+batch_max = 3
+"""
 
 
 def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -42,6 +47,9 @@ def run_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str
 def noisy_model(tmp_path: pathlib.Path) -> pathlib.Path:
     text = (importlib.resources.files("loadtests.models") / "yiyuan.toml").read_text(encoding="utf-8")
     text, replaced = re.subn(r"\[bad\]\n(?:[a-z_]+ = [0-9.]+\n)+", BAD_SHARES, text)
+    assert replaced == 1
+    # Every bus loses its connection after each online stop and uploads at the next one.
+    text, replaced = re.subn(r"\[offline\]\n(?:[a-z_]+ = [0-9.]+\n)+", OFFLINE, text)
     assert replaced == 1
     path = tmp_path / "noisy.toml"
     path.write_text(text, encoding="utf-8")
@@ -69,13 +77,16 @@ def test_smoke_run_passes_and_writes_reports(dsn: str, tmp_path: pathlib.Path, n
     kinds = check["by_kind"]
     assert kinds[sc.VALID_QR]["reasons"].get("0", 0) + kinds[sc.VALID_CARD]["reasons"].get("0", 0) > 0
     assert sum(kinds.get(kind, {}).get("sent", 0) for kind in sc.BAD_KINDS) > 0
+    # Offline taps went up in batch requests, and the journal marks them offline (compare checks the flag).
+    assert check["acknowledged_offline"] > 0
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passed"]
     # Requests cut short or finishing while Locust stops are in the answer files (status 0 if cut) but
     # may be missing from Locust's final counts; Locust never counts a request the files lack.
+    # A batch upload is one request for several taps.
     missing = check["sent"] - summary["totals"]["requests"]
-    assert 0 <= missing <= max(10, check["sent"] // 10)
+    assert 0 <= missing <= max(10, check["sent"] // 10) + check["sent_offline"]
 
     # The same run judged with an impossible p99 limit fails and names the threshold.
     strict = run_cli("loadtest", "--dsn", dsn, "--out", str(out), "--judge-only", "--p99-ms", "0.001")
