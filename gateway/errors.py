@@ -106,12 +106,17 @@ def msgspec_message_zh(message: str) -> str:
         text, location = at.group("text"), f"`{at.group('path')}`"
     else:
         text = message
-    for pattern, template in _MSGSPEC_ZH:
-        match = pattern.match(text)
-        if match:
-            text = template.format(**match.groupdict())
-            break
+    text = translate_message(text, _MSGSPEC_ZH) or text
     return f"{text}（位置 {location}）" if location else text
+
+
+def translate_message(message: str, table: list[tuple[re.Pattern[str], str]]) -> str | None:
+    """Fill the template of the first pattern in ``table`` that matches ``message``; None if none matches."""
+    for pattern, template in table:
+        match = pattern.match(message)
+        if match:
+            return template.format(**match.groupdict())
+    return None
 
 
 def _malformed_zh(match: re.Match[str]) -> str:

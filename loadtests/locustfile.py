@@ -164,49 +164,45 @@ class DeviceUser(FastHttpUser):
         and a valid tap is returned as if accepted.
         """
         if self.queued is not None:
-            return self._keep_offline(place, kind, holder, medium)
+            tap = self._make_tap(place, kind, holder, medium, time.time_ns() // 1_000_000, offline=True)
+            tap.body["offline"] = True
+            self.queued.append(tap)
+            return tap if tap.kind in sc.VALID_KINDS else None
+
+        self._keep_device_interval()
+        now_ms = time.time_ns() // 1_000_000
+        tap = self._make_tap(place, kind, holder, medium, now_ms, offline=False)
+        accepted = self.send(tap, now_ms)
+        if accepted:
+            self.state.maker.remember_accepted(tap, now_ms)
+            return tap
+        return None
+
+    def _make_tap(self, place: Place, kind: str | None, holder: Holder | None, medium: str, now_ms: int, *,
+                  offline: bool) -> Tap:
+        self.next_tap_id += 1
+        maker = self.state.maker
+        if holder is not None:
+            return maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms, self.recent)
+        kind = kind or maker.choose_kind()
+        # A batch is sent only with the device's own secret, and a replay needs a code accepted moments before.
+        if offline and kind in (sc.UNKNOWN_DEVICE, sc.REPLAYED_QR):
+            kind = sc.VALID_QR
+        return maker.make(kind, self.device, place, self.next_tap_id, now_ms, self.recent)
+
+    def _keep_device_interval(self) -> None:
+        """Wait until this device may send again without reaching the gateway's per-device limit."""
         wait_s = self.last_sent + DEVICE_INTERVAL_S - time.monotonic()
         if wait_s > 0:
             time.sleep(wait_s)
         self.last_sent = time.monotonic()
-        now_ms = time.time_ns() // 1_000_000
-        self.next_tap_id += 1
-        maker = self.state.maker
-        if holder is not None:
-            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms, self.recent)
-        else:
-            tap = maker.make(kind or maker.choose_kind(), self.device, place, self.next_tap_id, now_ms, self.recent)
-        accepted = self.send(tap, now_ms)
-        if accepted:
-            maker.remember_accepted(tap, now_ms)
-            return tap
-        return None
-
-    def _keep_offline(self, place: Place, kind: str | None, holder: Holder | None, medium: str) -> Tap | None:
-        assert self.queued is not None
-        now_ms = time.time_ns() // 1_000_000
-        self.next_tap_id += 1
-        maker = self.state.maker
-        if holder is not None:
-            tap = maker.make_valid(holder, medium, self.device, place, self.next_tap_id, now_ms, self.recent)
-        else:
-            kind = kind or maker.choose_kind()
-            if kind in (sc.UNKNOWN_DEVICE, sc.REPLAYED_QR):
-                kind = sc.VALID_QR
-            tap = maker.make(kind, self.device, place, self.next_tap_id, now_ms, self.recent)
-        tap.body["offline"] = True
-        self.queued.append(tap)
-        return tap if tap.kind in sc.VALID_KINDS else None
 
     def upload(self) -> None:
         """Go back online and send the kept taps in batch requests of at most ``batch_max``."""
         queued, self.queued = self.queued or [], None
         batch_max = SPEC.model.offline.batch_max
         for start in range(0, len(queued), batch_max):
-            wait_s = self.last_sent + DEVICE_INTERVAL_S - time.monotonic()
-            if wait_s > 0:
-                time.sleep(wait_s)
-            self.last_sent = time.monotonic()
+            self._keep_device_interval()
             self._send_batch(queued[start:start + batch_max])
 
     def _send_batch(self, taps: list[Tap]) -> None:
@@ -230,11 +226,7 @@ class DeviceUser(FastHttpUser):
                 try:
                     results = decode_body(response.content)["results"]
                     for answer, result in zip(answers, results, strict=True):
-                        answer.decision = result["decision"]
-                        answer.reason = result["reason"]
-                        answer.journal_id = result["journal_id"]
-                        answer.rider_category = result.get("rider_category")
-                        answer.fare_fen = result.get("fare_fen")
+                        _fill_answer(answer, result)
                 except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
                     for answer in answers:
                         answer.journal_id = None
@@ -272,12 +264,7 @@ class DeviceUser(FastHttpUser):
             answer.status = response.status_code or 0
             if answer.status == 200:
                 try:
-                    decoded = decode_body(response.content)
-                    answer.decision = decoded["decision"]
-                    answer.reason = decoded["reason"]
-                    answer.journal_id = decoded["journal_id"]
-                    answer.rider_category = decoded.get("rider_category")
-                    answer.fare_fen = decoded.get("fare_fen")
+                    _fill_answer(answer, decode_body(response.content))
                 except (msgspec.DecodeError, KeyError, TypeError) as exc:
                     answer.journal_id = None
                     response.failure(f"unreadable answer: {exc}")
@@ -289,6 +276,15 @@ class DeviceUser(FastHttpUser):
                 response.failure(f"HTTP {answer.status}: {(response.text or '')[:200]}")
             else:
                 response.success()
+
+
+def _fill_answer(answer: Answer, decoded: dict) -> None:
+    """Copy the gateway's decision for one tap into ``answer``; raise KeyError if a field is missing."""
+    answer.decision = decoded["decision"]
+    answer.reason = decoded["reason"]
+    answer.journal_id = decoded["journal_id"]
+    answer.rider_category = decoded.get("rider_category")
+    answer.fare_fen = decoded.get("fare_fen")
 
 
 class BusValidator(DeviceUser):

@@ -20,7 +20,7 @@ import msgspec
 
 from gateway import logs
 from gateway.config import Config, load_config
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, translate_message
 
 Handler = Callable[[argparse.Namespace, Config], int]
 
@@ -60,11 +60,7 @@ def usage_error_zh(message: str) -> str:
     bilingual = _BILINGUAL_TYPE_ERROR.match(message)
     if bilingual:
         return f"参数 {bilingual['arg']}：{bilingual['zh']}"
-    for pattern, template in _USAGE_ZH:
-        match = pattern.match(message)
-        if match:
-            return template.format(**match.groupdict())
-    return message
+    return translate_message(message, _USAGE_ZH) or message
 
 
 class BilingualArgumentParser(argparse.ArgumentParser):
