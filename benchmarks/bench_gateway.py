@@ -146,7 +146,7 @@ def running(command: list[str], env: dict[str, str], ready_port: int, timeout_s:
         try:
             yield
         except BaseException:
-            # Show why the server stopped answering, not only that it did.
+            # Print the server's output, so a failed measurement shows why the server stopped responding.
             log.seek(0)
             print(f"output of {shlex.join(command)}:\n{log.read()[-4000:].decode(errors='replace')}", file=sys.stderr)
             raise

@@ -240,10 +240,9 @@ class Worker:
             self._last_refresh_ok = time.monotonic()
 
     async def _prune_replay_keys_loop(self) -> None:
-        # A task of its own, not a step of the refresh loop, because the first run
-        # after an upgrade can take minutes (10 million old keys: 100 s on the
-        # embedded PostgreSQL, 2 cores), and devices, keys and deny lists must
-        # keep refreshing meanwhile.
+        # A task of its own, not a step of the refresh loop: devices, keys and deny lists must keep
+        # refreshing while it runs. The first run after an upgrade can take minutes (10 million old
+        # keys took 100 s on the embedded PostgreSQL with 2 cores).
         horizon_s = replay_key_horizon_s(self.config)
         timeout = self.config.database.connect_timeout_s
         while True:

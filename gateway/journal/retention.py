@@ -1,9 +1,9 @@
 """Deleting QR replay keys that no verification can match again.
 
 A QR code is accepted only while its signed presentation time is within
-``code_lifetime_s + clock_skew_s`` of the reference time, and the reference
-is the gateway's clock or, for an offline upload, the recorded tap time, no
-more than ``offline_upload_max_s`` in the past. A stored replay key whose tap
+``code_lifetime_s + clock_skew_s`` of the reference time. The reference is
+the gateway's clock or, for an offline upload, the recorded tap time, which
+may be at most ``offline_upload_max_s`` in the past. A stored replay key whose tap
 time is older than :func:`replay_key_horizon_s` therefore belongs to a code
 that every worker now rejects as expired before the journal is reached, and
 its row only takes space. At the county's scale (about 560,000 holders) the
